@@ -1,0 +1,71 @@
+"""`agpt`: one console command, subcommands imported lazily.
+
+A subcommand is a module with add_arguments(parser) and run(args) -> int. Export subcommands live in
+export/ and import torch; they are only imported when asked for, so `agpt run` works without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import AgptError
+
+COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
+    ("export", "make-tiny"): ("export.tiny", "write tiny random checkpoints in the official formats"),
+    ("export", "reference"): ("export.reference", "run the PyTorch reference (the oracle) on one image"),
+    ("export", "bundle"): ("export.bundle_writer", "export encoder, decoder, prompt learner (+ LLM) into a bundle"),
+    ("export", "llm"): ("export.llm_export", "merge the LoRA, write and quantise the GGUF"),
+    ("export", "verify"): ("export.verify", "compare a bundle with the reference on the same images"),
+    ("export", "lite"): ("export.lite", "export the EfficientNet-Lite0 lite bundle (no LLM)"),
+    ("run",): ("runtime.daemon", "run the inspection daemon"),
+    ("subscribe",): ("runtime.subscribe", "print the results a daemon publishes"),
+    ("bank", "build"): ("runtime.bank", "build a product pack from normal shots"),
+    ("eval",): ("runtime.evaluate", "evaluate a bundle on an MVTec-layout dataset"),
+    ("bench",): ("runtime.bench", "per-stage latency and throughput, ours vs the reference"),
+    ("health",): ("runtime.health", "ask a running daemon for its status (exit 0 when healthy)"),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    root = argparse.ArgumentParser(prog="agpt", description="AnomalyGPT on the line: export once, inspect every frame.")
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): root.add_subparsers(dest="cmd", required=True, metavar="COMMAND")}
+    for path, (_, help_) in COMMANDS.items():
+        for depth in range(1, len(path)):
+            if path[:depth] not in groups:
+                p = groups[path[: depth - 1]].add_parser(path[depth - 1], help=f"{path[depth - 1]} commands")
+                groups[path[:depth]] = p.add_subparsers(dest=f"cmd{depth}", required=True, metavar="COMMAND")
+        groups[path[:-1]].add_parser(path[-1], help=help_, description=help_)
+    return root
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    path = next((p for p in COMMANDS if tuple(argv[: len(p)]) == p), None)
+    if path is None:  # no complete subcommand: the root parser prints usage, help or the error
+        _parser().parse_args(argv)
+        return 2
+    module_name, help_ = COMMANDS[path]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        missing = e.name or "?"
+        extra = missing.split(".")[0] in {"torch", "transformers", "onnx", "gguf", "sentencepiece"}
+        hint = " (install the export extra: pip install 'anomalygpt-edge[export]')" if extra else ""
+        print(f"agpt: error: '{' '.join(path)}' needs the module {missing}{hint}", file=sys.stderr)
+        return 2
+    sub = argparse.ArgumentParser(prog="agpt " + " ".join(path), description=help_)
+    module.add_arguments(sub)
+    args = sub.parse_args(argv[len(path) :])
+    try:
+        return int(module.run(args) or 0)
+    except AgptError as e:
+        print(f"agpt: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
