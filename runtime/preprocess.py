@@ -100,3 +100,18 @@ def map_to_frame(m: np.ndarray, t: FrameTransform) -> np.ndarray:
     canvas = np.zeros((t.resized_h, t.resized_w), np.float32)
     canvas[t.top : t.top + t.size, t.left : t.left + t.size] = m
     return cv2.resize(canvas, (t.width, t.height), interpolation=cv2.INTER_LINEAR)
+
+
+def load_image(path) -> np.ndarray:
+    """An image file as a BGR uint8 array (what cameras give), or AgptError naming the file."""
+    from pathlib import Path
+
+    p = Path(path)
+    try:
+        with Image.open(p) as img:
+            rgb = np.asarray(img.convert("RGB"))
+    except FileNotFoundError:
+        raise AgptError(f"{p}: no such image file") from None
+    except (OSError, ValueError) as e:
+        raise AgptError(f"{p}: not a readable image ({e})") from None
+    return np.ascontiguousarray(rgb[:, :, ::-1])

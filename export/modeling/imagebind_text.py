@@ -47,7 +47,9 @@ class ImageBindText(nn.Module):
         x = self.head_norm(x)
         # EOT row per sentence. A one-hot product instead of fancy indexing: the same numbers (one 1.0, the
         # rest 0), exported as ArgMax, Equal, Cast, MatMul, which every runtime and TensorRT take as is.
-        eot = tokens.argmax(dim=-1)  # (N,)
+        # argmax over int32 ids (all < 49408): TensorRT's ArgMax takes no int64, and a float cast could
+        # round 49407 in an fp16 graph and tie with other ids.
+        eot = tokens.to(torch.int32).argmax(dim=-1)  # (N,) EOT 49407 is the largest id; first max wins
         pick = (torch.arange(L, device=tokens.device)[None, :] == eot[:, None]).to(x.dtype)  # (N,L)
         x = (pick[:, None, :] @ x)[:, 0, :]  # (N,D)
         return l2_normalise(self.head(x))

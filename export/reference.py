@@ -1,0 +1,157 @@
+"""The oracle: AnomalyGPT inference in plain PyTorch, exactly as the released code computes it.
+
+image -> preprocess -> ImageBind vision -> (decoder map with the product's text features | normal-shot
+bank map) -> prompt learner + llama_proj -> [BOS][before][E_img][middle][P][question] -> Vicuna (+LoRA)
+-> greedy answer with the reference's stop rule. fp32 on the CPU: every exported engine is compared
+with this, so it favours being obviously right over being fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime.errors import AgptError
+from runtime.maps import peak_location
+from runtime.preprocess import load_image, preprocess
+from runtime.prompt import PromptLayout, parse_answer, product_question, question_text
+
+from . import checkpoints as ck
+from .llm_export import build_reference_llm, make_layout, reference_greedy, reference_inputs_embeds, reference_text
+from .modeling.decoder import Decoder, decoder_map
+from .modeling.fewshot import bank_from_shots, bank_map
+from .modeling.imagebind_text import ImageBindText
+from .modeling.imagebind_vision import ImageBindVision
+from .modeling.prompt_learner import LlamaProj, PromptLearner
+from .modeling.text_prompts import text_features
+
+
+@dataclass
+class ReferenceResult:
+    answer: str | None
+    verdict: bool | None  # parsed from the answer, as the reference's evaluation does
+    locations: list[str]
+    map: np.ndarray  # (224,224) float32
+    p_anomaly: float | None  # softmax over the first token's ' Yes' / ' No' logits
+    tokens: list[int] = field(default_factory=list)
+    peak_location: str = ""
+
+
+def p_yes(first_logits: torch.Tensor, layout: PromptLayout) -> float:
+    two = torch.stack([first_logits[layout.yes_token], first_logits[layout.no_token]]).double()
+    return float(torch.softmax(two, dim=0)[0])
+
+
+class Reference:
+    """Loads the four checkpoints strictly and runs the whole model. `llm=False` stops at the prompt embeddings."""
+
+    def __init__(self, ckpt_dir: str | Path | None = None, *, imagebind=None, pandagpt=None, anomalygpt=None, vicuna=None,
+                 llm: bool = True, merged_lora: bool = False):
+        d = Path(ckpt_dir) if ckpt_dir else None
+
+        def pick(given, rel):
+            if given is not None:
+                return Path(given)
+            if d is None:
+                raise AgptError(f"no path for {rel}: give --ckpt-dir or the file itself")
+            return d / rel
+
+        self.paths = {"imagebind": pick(imagebind, ck.IMAGEBIND), "pandagpt": pick(pandagpt, ck.PANDAGPT),
+                      "anomalygpt": pick(anomalygpt, ck.ANOMALYGPT), "vicuna": pick(vicuna, ck.VICUNA)}
+        parts = ck.load_imagebind(self.paths["imagebind"])
+        self.vision = ImageBindVision.from_state(parts.vision)
+        self.text = ImageBindText.from_state(parts.text)
+        self.delta_panda = ck.load_pandagpt(self.paths["pandagpt"])
+        delta = ck.load_anomalygpt(self.paths["anomalygpt"])
+        self.decoder = Decoder.from_state(delta.decoder)
+        self.prompt_learner = PromptLearner.from_state(delta.prompt_learner)
+        self.llama_proj = LlamaProj.from_weights(self.delta_panda.llama_proj_weight, self.delta_panda.llama_proj_bias)
+        self._text_cache: dict[str, torch.Tensor] = {}
+        self.model = self.sp = self.layout = None
+        if llm:
+
+            self.model, self.sp = build_reference_llm(self.paths["vicuna"], self.delta_panda, merged=merged_lora)
+            self.layout = make_layout(self.sp)
+
+    # --- vision side -------------------------------------------------------------------------
+    def text_feats(self, product: str | None) -> torch.Tensor:
+        key = product or ""
+        if key not in self._text_cache:
+            self._text_cache[key] = torch.from_numpy(text_features(self.text, product))
+        return self._text_cache[key]
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.vision(x)
+
+    @torch.no_grad()
+    def anomaly_map(self, x: torch.Tensor, product: str | None = None, shots: torch.Tensor | None = None):
+        """(emb, taps, map (B,1,224,224)): the bank map when shots are given (it replaces the decoder map)."""
+        emb, taps = self.encode(x)
+        if shots is not None and len(shots):
+            _, shot_taps = self.encode(shots)
+            return emb, taps, bank_map(taps, bank_from_shots(shot_taps))
+        return emb, taps, decoder_map(self.decoder(taps), self.text_feats(product))
+
+    @torch.no_grad()
+    def prompts(self, m: torch.Tensor, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.prompt_learner(m), self.llama_proj(emb)
+
+    # --- language side -----------------------------------------------------------------------
+    @torch.no_grad()
+    def inputs_embeds(self, img_embed: torch.Tensor, prompts: torch.Tensor, text: str) -> torch.Tensor:
+        """(1,L,D): [BOS][before][E_img][middle][P][text], each text segment tokenized alone."""
+        return reference_inputs_embeds(self.model, self.layout, img_embed, prompts, self.question_ids(text))
+
+    def question_ids(self, text: str) -> list[int]:
+        return self.sp.encode(text)
+
+    @torch.no_grad()
+    def run(self, image, product: str | None = None, description: str | None = None, shots=(), question: str | None = None,
+            history: list[tuple[str, str]] | None = None, max_new_tokens: int | None = None) -> ReferenceResult:
+        """One frame, end to end. image/shots: paths or BGR uint8 arrays."""
+        x = torch.from_numpy(self._load(image))[None]
+        s = torch.from_numpy(np.stack([self._load(i) for i in shots])) if len(shots) else None
+        emb, _, m = self.anomaly_map(x, product, s)
+        amap = m[0, 0].numpy().astype(np.float32)
+        result = ReferenceResult(None, None, [], amap, None, peak_location=peak_location(amap))
+        if self.model is None:
+            return result
+        P, E = self.prompts(m, emb)
+        text = question_text(question or product_question(description), history)
+        embeds = self.inputs_embeds(E, P, text)
+        first = self.model(inputs_embeds=embeds).logits[0, -1].float()  # the one prefill a first-token verdict needs
+        result.tokens = reference_greedy(self.model, embeds, self.layout, max_new_tokens)
+        result.p_anomaly = p_yes(first, self.layout)
+        result.answer = reference_text(self.sp, result.tokens)
+        result.verdict, result.locations = parse_answer(result.answer)
+        return result
+
+    @staticmethod
+    def _load(image) -> np.ndarray:
+        frame = load_image(image) if isinstance(image, (str, Path)) else image
+        return preprocess(frame)[0]
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ckpt-dir", type=Path, required=True, help="folder with imagebind_ckpt/, vicuna_ckpt/, pandagpt_ckpt/, anomalygpt_ckpt/")
+    p.add_argument("--image", type=Path, required=True)
+    p.add_argument("--shots", type=Path, nargs="*", default=[], help="normal shots (1-4): the bank map replaces the decoder map")
+    p.add_argument("--product", default=None, help="product name for the text features ('object' when absent)")
+    p.add_argument("--description", default=None, help="product description that starts the question")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="cap on generated tokens (reference: 512)")
+
+
+def run(args: argparse.Namespace) -> int:
+    ref = Reference(args.ckpt_dir)
+    r = ref.run(args.image, args.product, args.description, args.shots, max_new_tokens=args.max_new_tokens)
+    m = r.map
+    print(f"answer:    {r.answer!r}")
+    print(f"verdict:   {'anomaly' if r.verdict else 'normal' if r.verdict is False else 'unparsed'}   p_anomaly(first token): {r.p_anomaly:.4f}")
+    print(f"locations: {r.locations or '-'}   map peak cell: {r.peak_location}")
+    print(f"map:       224x224 min {m.min():.4f} mean {m.mean():.4f} max {m.max():.4f}")
+    return 0

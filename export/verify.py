@@ -1,0 +1,163 @@
+"""`agpt export verify BUNDLE --ckpt-dir DIR --images ... [--shots ...] [--product NAME] [--json]`
+
+Runs the torch modules (built from the checkpoints) and the bundle's graphs on the same preprocessed
+images and reports, per output, the largest absolute difference and the relative one
+(max |graph - torch| / max |torch|), and whether the peak 3x3 cell of each map agrees.
+The graphs run end to end as on the device (each fed its own upstream outputs), so the differences
+of P and E_img include those of the encoder and the map.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from runtime.bundle import load_bundle
+from runtime.errors import AgptError
+
+# What an fp32 / fp16 bundle is expected to stay within (relative to the output's largest value).
+REL_TOL = {"fp32": 1e-3, "fp16": 5e-2}
+
+
+def load_images(paths: list[Path]) -> np.ndarray:
+    """(B,3,224,224) float32 through the runtime's reference transform (the same tensor feeds torch and the graphs)."""
+    from PIL import Image
+
+    from runtime.preprocess import preprocess
+
+    xs = []
+    for p in paths:
+        try:
+            rgb = np.asarray(Image.open(p).convert("RGB"))
+        except (OSError, ValueError) as e:
+            raise AgptError(f"{p}: not a readable image ({e})") from None
+        xs.append(preprocess(rgb, bgr=False)[0])
+    return np.stack(xs).astype(np.float32)
+
+
+def _stat(got: np.ndarray, ref: np.ndarray) -> dict:
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if got.shape != ref.shape:
+        raise AgptError(f"graph output shape {got.shape} differs from torch {ref.shape}")
+    d = float(np.abs(got - ref).max())
+    return {"shape": list(ref.shape), "max_abs": d, "max_rel": d / max(float(np.abs(ref).max()), 1e-12)}
+
+
+def verify_vision(bundle_dir: str | Path, paths, images: list[Path] | np.ndarray, shots: list[Path] | np.ndarray | None = None,
+                  product: str | None = None, backend: str = "onnxruntime", providers: list | None = None,
+                  threads: int | None = None) -> dict:
+    """Compare the bundle's graphs with the torch modules on the same inputs; returns a JSON-able report."""
+    import torch
+
+    from runtime.maps import bank_map, peak_location
+    from runtime.vision import VisionEngines
+
+    from .modeling.decoder import decoder_map
+    from .modeling.fewshot import bank_from_shots
+    from .modeling.fewshot import bank_map as torch_bank_map
+    from .modeling.text_prompts import text_features
+    from .vision_modules import load_vision_modules
+
+    bundle = load_bundle(bundle_dir, verify=True)
+    m = bundle.manifest
+    mods = load_vision_modules(paths, text=True)
+    ve = VisionEngines(bundle, backend=backend, providers=providers, threads=threads)
+    x = images if isinstance(images, np.ndarray) else load_images(list(images))
+    sx = None if shots is None or len(shots) == 0 else (shots if isinstance(shots, np.ndarray) else load_images(list(shots)))
+    report: dict = {"bundle": str(bundle.root), "backend": backend, "images": int(x.shape[0]), "shots": 0 if sx is None else int(sx.shape[0]),
+                    "outputs": {}, "cells": {}}
+    out = report["outputs"]
+
+    # text features: the bundle's stored ones feed both sides; compared with a fresh torch computation
+    name = product or "object"
+    torch_feats = None
+    try:
+        torch_feats = text_features(mods.text, name)
+    except AgptError as e:  # no tokenizer here: use the stored features only
+        report["note"] = str(e)
+    if name in m.products:
+        feats = np.asarray(m.products[name].text_feats, np.float32)
+        if torch_feats is not None:
+            out["text_feats"] = _stat(feats, torch_feats)
+    elif torch_feats is not None:
+        feats = torch_feats
+    else:
+        raise AgptError(f"product '{name}' has no text features in {bundle.root} and the tokenizer is not available")
+    report["product"] = name
+
+    with torch.no_grad():
+        xt = torch.from_numpy(x)
+        emb_t, taps_t = mods.vision(xt)
+        mdec_t = decoder_map(mods.decoder(taps_t), torch.from_numpy(feats))
+        m_t = mdec_t
+        if sx is not None:
+            _, shot_taps_t = mods.vision(torch.from_numpy(sx))
+            mfs_t = torch_bank_map(taps_t, bank_from_shots(shot_taps_t))
+            m_t = mfs_t
+        p_t, e_t = mods.learner(m_t), mods.proj(emb_t)
+
+    emb, taps = ve.encode(x)
+    out["emb"] = _stat(emb, emb_t.numpy())
+    for k, (t, tt) in enumerate(zip(taps, taps_t)):
+        out[f"tap{k}"] = _stat(t, tt.numpy())
+    mdec = ve.decoder_map(taps, feats)
+    out["M_dec"] = _stat(mdec, mdec_t[:, 0].numpy())
+    report["cells"]["M_dec"] = [peak_location(a) == peak_location(b) for a, b in zip(mdec, mdec_t[:, 0].numpy())]
+    used = mdec
+    if sx is not None:
+        _, shot_taps = ve.encode(sx)
+        bank = [s.reshape(-1, s.shape[-1]) for s in shot_taps]
+        grids = [t.grid for t in m.encoder.taps]
+        mfs = np.stack([bank_map([t[i] for t in taps], bank, grids) for i in range(x.shape[0])])
+        out["M_fs"] = _stat(mfs, mfs_t[:, 0].numpy())
+        report["cells"]["M_fs"] = [peak_location(a) == peak_location(b) for a, b in zip(mfs, mfs_t[:, 0].numpy())]
+        used = mfs
+    p, e_img = ve.prompts(used, emb)
+    out["P"] = _stat(p, p_t.numpy())
+    out["E_img"] = _stat(e_img, e_t.numpy())
+
+    # TensorRT engines are FP16 builds even from fp32 graphs (export/tensorrt_build.py)
+    half = backend == "tensorrt" or any(c.precision == "fp16" for c in ve.components.values())
+    tol = REL_TOL["fp16" if half else "fp32"]
+    report["rel_tolerance"] = tol
+    report["ok"] = all(all(v) for v in report["cells"].values()) and all(s["max_rel"] <= tol for s in out.values())
+    return report
+
+
+def format_report(r: dict) -> str:
+    lines = [f"{r['bundle']} ({r['backend']}): {r['images']} images, {r['shots']} shots, product '{r.get('product')}'",
+             f"{'output':<11} {'shape':<20} {'max abs':>10} {'max rel':>10}"]
+    for k, s in r["outputs"].items():
+        lines.append(f"{k:<11} {str(tuple(s['shape'])):<20} {s['max_abs']:>10.2e} {s['max_rel']:>10.2e}")
+    for k, v in r["cells"].items():
+        lines.append(f"peak 3x3 cell of {k} agrees: {sum(v)}/{len(v)}")
+    if "note" in r:
+        lines.append(f"note: {r['note']}")
+    lines.append(f"{'OK' if r['ok'] else 'MISMATCH'} (relative tolerance {r['rel_tolerance']:g})")
+    return "\n".join(lines)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", type=Path)
+    p.add_argument("--ckpt-dir", type=Path, help="checkpoint folder the bundle was exported from")
+    p.add_argument("--imagebind", type=Path)
+    p.add_argument("--pandagpt", type=Path)
+    p.add_argument("--anomalygpt", type=Path)
+    p.add_argument("--images", type=Path, nargs="+", required=True)
+    p.add_argument("--shots", type=Path, nargs="*", default=[], help="normal shots: also compare the few-shot map")
+    p.add_argument("--product", help="product name for the text features (default 'object')")
+    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", action="store_true")
+
+
+def run(args: argparse.Namespace) -> int:
+    from .vision_modules import CheckpointPaths
+
+    paths = CheckpointPaths.resolve(args.ckpt_dir, args.imagebind, args.pandagpt, args.anomalygpt)
+    r = verify_vision(args.bundle, paths, args.images, args.shots, args.product, backend=args.backend, threads=args.threads)
+    print(json.dumps(r, indent=2) if args.json else format_report(r))
+    return 0 if r["ok"] else 1

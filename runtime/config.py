@@ -1,0 +1,213 @@
+"""The daemon's configuration: one YAML file per line station, validated by pydantic.
+
+Relative paths in the file (bundle, key files, shots_root) are resolved against the folder of the YAML
+file, so a config works from any working directory. Every field is documented: `agpt run --help-config`
+is not needed, the descriptions below are the reference (and configs/line-example.yaml shows them all).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import AgptError
+
+PRODUCT_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+TOPIC_RE = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
+ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc)://.+$")
+
+
+class _Strict(BaseModel):
+    # A typo in a key ("fps_limt") must be an error naming it, not a silently ignored default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class CameraConfig(_Strict):
+    name: str = Field("cam0", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="camera name carried by every frame and result")
+    kind: Literal["device", "file", "rtsp", "gstreamer", "folder", "synthetic"] = Field(
+        description="device: V4L2/USB index; file: a video file; rtsp: an rtsp:// URL; gstreamer: a GStreamer pipeline "
+        "ending in appsink (Jetson CSI: nvarguscamerasrc ! ... ! appsink; needs OpenCV built with GStreamer); "
+        "folder: a folder of images, judged in sorted name order; synthetic: runtime/synthetic.py's generator"
+    )
+    source: str | int = Field(
+        description="device index (0), file path, URL, pipeline string, folder path, or the synthetic source's spec "
+        "(a dataset folder or generator name, see runtime/synthetic.py)"
+    )
+    fps_limit: float | None = Field(
+        None, gt=0, description="at most this many frames per second enter the queue (None: as fast as the source gives)"
+    )
+    loop: bool = Field(False, description="file/folder/synthetic: start again at the end instead of ending the stream")
+    queue_size: int = Field(2, ge=1, le=64, description="frames held between capture and inspection")
+    when_full: Literal["drop_oldest", "wait"] = Field(
+        "drop_oldest",
+        description="drop_oldest: keep the newest frame and count a drop (live cameras); wait: the capture thread waits "
+        "for room, so every frame of a file/folder/synthetic source is judged (never for live cameras)",
+    )
+    reopen_backoff_s: float = Field(0.5, gt=0, description="first wait before reopening a lost camera")
+    reopen_backoff_max_s: float = Field(10.0, gt=0, description="the wait doubles after each failed reopen, up to this")
+    read_timeout_s: float = Field(5.0, gt=0, description="rtsp: open/read timeout handed to the FFmpeg backend")
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="extra keyword options for the synthetic source"
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.kind == "device" and not (isinstance(self.source, int) or str(self.source).isdigit()):
+            # /dev/videoN paths are accepted by OpenCV too; anything else is a typo for another kind.
+            if not str(self.source).startswith("/dev/"):
+                raise ValueError("kind 'device' needs a device index (0, 1, ...) or a /dev/video* path")
+        if self.kind == "rtsp" and not str(self.source).lower().startswith(("rtsp://", "rtsps://", "http://", "https://")):
+            raise ValueError("kind 'rtsp' needs an rtsp:// (or http[s]://) URL")
+        if self.kind == "gstreamer" and "appsink" not in str(self.source):
+            raise ValueError("kind 'gstreamer' needs a pipeline string ending in 'appsink'")
+        if self.when_full == "wait" and self.kind in ("device", "rtsp", "gstreamer"):
+            raise ValueError("when_full 'wait' would stall a live camera; use it for file, folder or synthetic sources")
+        if self.reopen_backoff_max_s < self.reopen_backoff_s:
+            raise ValueError("reopen_backoff_max_s is smaller than reopen_backoff_s")
+        return self
+
+
+class BackendConfig(_Strict):
+    providers: list[str] = Field(
+        default_factory=lambda: ["CPUExecutionProvider"],
+        description="onnxruntime execution providers in order of preference, e.g. [TensorrtExecutionProvider, "
+        "CUDAExecutionProvider, CPUExecutionProvider]",
+    )
+    intra_op_threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads (None: its default)")
+    inter_op_threads: int | None = Field(None, ge=1, description="onnxruntime inter-op threads (None: its default)")
+    llm_threads: int | None = Field(None, ge=1, description="llama.cpp threads (None: its default)")
+    llm_gpu_layers: int = Field(0, ge=-1, description="llama.cpp layers offloaded to the GPU (-1: all)")
+
+
+class CurveConfig(_Strict):
+    server_secret_key: Path = Field(
+        description="the daemon's certificate file with its secret key (zmq.auth.create_certificates writes NAME.key_secret)"
+    )
+    authorized_clients: Path = Field(
+        description="folder of client public certificates (NAME.key); only these clients get a connection"
+    )
+    results: bool = Field(True, description="encrypt and authenticate the results (PUB) socket too, not only control")
+
+
+class DaemonConfig(_Strict):
+    bundle: Path = Field(description="bundle folder (bundle.json); product packs live in its products/ folder")
+    product: str = Field(
+        pattern=PRODUCT_RE,
+        description="product judged at start (a pack in BUNDLE/products/ or a product in bundle.json); "
+        "after a changeover the daemon restarts with the last committed product (see resume_last_product)",
+    )
+    resume_last_product: bool = Field(
+        True, description="start with the product last committed by swap_bank (BUNDLE/products/ACTIVE) when it still loads"
+    )
+    camera: CameraConfig = Field(description="where frames come from")
+    publish: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ PUB endpoint the results, status and events go out on")
+    control: str = Field(
+        "tcp://127.0.0.1:5556",
+        description="ZeroMQ ROUTER endpoint of the control channel; a non-loopback address needs `curve` (else refused)",
+    )
+    topic_prefix: str = Field(
+        "line1.station1", pattern=TOPIC_RE, description="topics are <prefix>.result, <prefix>.status, <prefix>.event"
+    )
+    verdict_mode: Literal["first_token", "answer"] = Field(
+        "first_token",
+        description="first_token: the verdict is P('Yes') vs P('No') of the first answer token (one LLM step); "
+        "answer: generate the whole answer (text and locations) as the reference does",
+    )
+    mask_encoding: Literal["png"] = Field("png", description="the map travels as an 8-bit PNG: uint8 = round(255*map)")
+    backend: BackendConfig = Field(default_factory=BackendConfig, description="inference engine settings")
+    sndhwm: int = Field(100, ge=1, description="ZeroMQ send high-water mark (messages queued per subscriber before drops)")
+    max_message_bytes: int = Field(
+        1 << 20, ge=1024, description="ZMQ_MAXMSGSIZE on every socket: a peer sending more is disconnected"
+    )
+    heartbeat_s: float = Field(1.0, gt=0, description="seconds between status messages")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="logging level")
+    frames: int | None = Field(None, ge=1, description="stop after this many judged frames (None: run until stopped)")
+    keep_frames: int = Field(8, ge=1, le=256, description="recent frames kept for the operator's 'ask' question")
+    start_paused: bool = Field(False, description="start with judging paused (resume over the control channel)")
+    shots_root: Path | None = Field(
+        None, description="when set, add_product only reads shot images inside this folder"
+    )
+    curve: CurveConfig | None = Field(None, description="CURVE encryption and client authentication (zmq.auth)")
+
+    @field_validator("publish", "control")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not ENDPOINT_RE.match(v):
+            raise ValueError("expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+        return v
+
+    @property
+    def line(self) -> str:
+        return self.topic_prefix.split(".", 1)[0]
+
+    @property
+    def station(self) -> str | None:
+        parts = self.topic_prefix.split(".", 1)
+        return parts[1] if len(parts) > 1 else None
+
+
+def is_local_endpoint(endpoint: str) -> bool:
+    """True for ipc/inproc and tcp bound to a loopback address (127.0.0.0/8, ::1, localhost)."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # '*', an interface name or a hostname: reachable from outside
+
+
+def check_security(cfg: DaemonConfig, where: str = "config") -> None:
+    """Refuse a control channel reachable from other machines unless CURVE authenticates its clients."""
+    if not is_local_endpoint(cfg.control) and cfg.curve is None:
+        raise AgptError(
+            f"{where}: control: {cfg.control} is reachable from other machines: configure `curve` keys "
+            "or bind it to 127.0.0.1"
+        )
+
+
+def _resolve(base: Path, p: Path | None) -> Path | None:
+    return None if p is None or p.is_absolute() else (base / p).resolve()
+
+
+def load_config(path: str | Path, **overrides) -> DaemonConfig:
+    """Read and validate a YAML config; an error names the file and the field path (camera.fps_limit)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise AgptError(f"{path}: cannot read config: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise AgptError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise AgptError(f"{path}: expected a mapping of settings at the top level")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = parse_config(raw, where=str(path))
+    base = path.resolve().parent
+    cfg.bundle = _resolve(base, cfg.bundle) or cfg.bundle
+    cfg.shots_root = _resolve(base, cfg.shots_root) or cfg.shots_root
+    if cfg.camera.kind in ("file", "folder") and not Path(str(cfg.camera.source)).is_absolute():
+        cfg.camera.source = str(base / str(cfg.camera.source))
+    if cfg.curve is not None:
+        cfg.curve.server_secret_key = _resolve(base, cfg.curve.server_secret_key) or cfg.curve.server_secret_key
+        cfg.curve.authorized_clients = _resolve(base, cfg.curve.authorized_clients) or cfg.curve.authorized_clients
+    return cfg
+
+
+def parse_config(raw: dict, where: str = "config") -> DaemonConfig:
+    try:
+        cfg = DaemonConfig.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise AgptError(f"{where}: {field}: {first['msg']}{more}") from None
+    check_security(cfg, where)
+    return cfg

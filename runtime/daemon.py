@@ -1,0 +1,582 @@
+"""`agpt run --config FILE`: the on-line inspection daemon.
+
+Threads and who owns what:
+  capture    Camera: source -> FrameQueue (newest kept, drops counted)
+  loop       owns the inspector and the current pack: frame -> inspector.judge(frame, pack) -> publisher;
+             between two frames it runs queued tasks (apply a swapped pack, build a bank, answer 'ask')
+  publisher  owns the XPUB socket: results, events, status heartbeat
+  control    owns the ROUTER socket: parses requests, answers fast ones itself, hands slow ones on
+  loader     one worker: reads and validates packs and shot images off the loop
+A changeover therefore never stalls the line while a pack loads, and never mixes two packs in one frame:
+the loop reads `self.pack` once per frame, and a swap replaces that reference between frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+
+from .bank import PackSpec, ProductPack, ProductStore, build_pack, read_image
+from .camera import Camera, Frame, Source
+from .config import DaemonConfig, check_security, load_config
+from .control import ControlServer, start_authenticator
+from .errors import AgptError
+from .messages import (
+    AddProductRequest,
+    AskRequest,
+    Drops,
+    FrameTransformInfo,
+    ListProductsRequest,
+    MaskInfo,
+    PauseRequest,
+    Reply,
+    Request,
+    ResultHeader,
+    ResumeRequest,
+    Status,
+    StatusRequest,
+    SwapBankRequest,
+    Truth,
+)
+from .publish import Publisher
+from . import watchdog
+
+log = logging.getLogger("agpt.daemon")
+
+
+@dataclass
+class FrameContext:
+    """What `ask` gets about a judged frame (kept for the last keep_frames frames)."""
+
+    frame_id: int
+    camera: str
+    image: np.ndarray  # the camera frame, BGR
+    judgement: Any  # the inspector's Judgement for it
+    pack: ProductPack  # the pack it was judged with
+    capture_time: float
+
+
+def encode_mask(m: np.ndarray | None) -> tuple[bytes, tuple[int, int] | None]:
+    """8-bit PNG of a [0,1] map: uint8 = round(255*map). Fast compression: the line pays for every frame."""
+    import cv2
+
+    if m is None:
+        return b"", None
+    m = np.asarray(m, np.float32)
+    m = m.reshape(m.shape[-2:]) if m.ndim > 2 else m
+    u8 = np.rint(np.clip(np.nan_to_num(m, nan=0.0), 0.0, 1.0) * 255.0).astype(np.uint8)
+    ok, buf = cv2.imencode(".png", u8, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return (buf.tobytes(), (u8.shape[1], u8.shape[0])) if ok else (b"", None)
+
+
+def _transform_info(judgement: Any, frame: np.ndarray, inspector: Any) -> FrameTransformInfo | None:
+    t = getattr(judgement, "transform", None)
+    if t is None:
+        from .preprocess import plan
+
+        pre = getattr(inspector, "preprocess", None)
+        t = plan(frame.shape[0], frame.shape[1], getattr(pre, "size", 224), getattr(pre, "resize", "shorter_side_crop"))
+    d = t if isinstance(t, dict) else (t.as_dict() if hasattr(t, "as_dict") else vars(t))
+    try:
+        return FrameTransformInfo.model_validate(d)
+    except Exception:
+        return None
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig, inspector: Any = None, source: Source | None = None, ctx: zmq.Context | None = None):
+        check_security(cfg)
+        self.cfg = cfg
+        self.inspector = inspector
+        self._source = source
+        self._ctx = ctx
+        self._own_ctx = ctx is None
+        self.pack: ProductPack | None = None
+        self.paused = threading.Event()
+        if cfg.start_paused:
+            self.paused.set()
+        self.judged = 0
+        self.failed = 0
+        self.paused_drops = 0
+        self.errors = 0
+        self.truth_frames = 0
+        self.truth_correct = 0
+        self.last_frame_id = 0
+        self.stop_reason: str | None = None
+        self._times: collections.deque[float] = collections.deque(maxlen=64)
+        self._contexts: collections.deque[FrameContext] = collections.deque(maxlen=cfg.keep_frames)
+        self._tasks: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
+        self._tasks_lock = threading.Lock()
+        self._loop_done = False
+        self._stop = threading.Event()
+        self._done = threading.Event()
+        self._shut = False
+        self._loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
+        self._auth = None
+        self._started = 0.0
+        self._loop_ticks = 0  # advanced by every loop iteration: the systemd watchdog's proof of life
+        self._ticks_at_beat = -1
+        self.publisher: Publisher | None = None
+        self.control: ControlServer | None = None
+        self.camera: Camera | None = None
+        self._loop_thread: threading.Thread | None = None
+
+    # ---- start / stop -------------------------------------------------------------------------------
+
+    def _open_inspector(self):
+        from .inspector import Inspector
+
+        return Inspector.from_config(self.cfg.bundle, self.cfg.backend, self.cfg.verdict_mode)
+
+    def _manifest_products(self) -> dict:
+        products = getattr(self.inspector, "manifest_products", None)
+        if products is not None:
+            return dict(products)
+        bundle = getattr(self.inspector, "bundle", None)
+        if bundle is None:
+            try:
+                from .bundle import load_bundle
+
+                bundle = load_bundle(self.cfg.bundle, verify=False)
+            except AgptError:
+                return {}
+        return dict(bundle.manifest.products)
+
+    def _initial_pack(self) -> ProductPack:
+        name = self.cfg.product
+        last = self.store.active_entry() if self.cfg.resume_last_product else None
+        # Resume the last committed changeover, unless the config's product was edited since then.
+        if last and last.get("base") == name and last.get("product") != name:
+            try:
+                pack = self.store.load(last["product"])
+                log.info("resuming with product %s (last changeover)", pack.name)
+                return pack
+            except AgptError as e:
+                log.warning("last committed product %s does not load (%s); starting with %s", last["product"], e, name)
+        return self.store.load(name)
+
+    def start(self) -> None:
+        cfg = self.cfg
+        if self.inspector is None:
+            self.inspector = self._open_inspector()
+        self.store = ProductStore(cfg.bundle / "products", PackSpec.from_inspector(self.inspector), self._manifest_products())
+        self.pack = self._initial_pack()
+        self._ctx = self._ctx or zmq.Context()
+        curve_key = None
+        if cfg.curve is not None:
+            self._auth = start_authenticator(self._ctx, cfg.curve.authorized_clients)
+            curve_key = cfg.curve.server_secret_key
+        try:
+            self.publisher = Publisher(
+                self._ctx, cfg.publish, cfg.topic_prefix, cfg.sndhwm, cfg.max_message_bytes, cfg.heartbeat_s,
+                self._heartbeat, curve_key if (cfg.curve is None or cfg.curve.results) else None,
+            )  # fmt: skip
+            self.control = ControlServer(self._ctx, cfg.control, self.handle, cfg.max_message_bytes, curve_key)
+        except zmq.ZMQError as e:
+            self._close_zmq()
+            raise AgptError(f"cannot bind {cfg.publish if self.publisher is None else cfg.control}: {e}") from None
+        self.camera = Camera(cfg.camera, self._source, on_event=self._camera_event)
+        self._started = time.monotonic()
+        self.publisher.start()
+        self.control.start()
+        self.camera.start()
+        self._loop_thread = threading.Thread(target=self._loop, name="inspect", daemon=True)
+        self._loop_thread.start()
+        self.publisher.publish_event("started", {"product": self.pack.name, "bank_id": self.pack.bank_id, "camera": cfg.camera.name})
+        log.info(
+            "inspecting %s as %s (bank %s); results on %s, control on %s",
+            cfg.camera.name, self.pack.name, self.pack.bank_id, self.publisher.endpoint, self.control.endpoint,
+        )  # fmt: skip
+        watchdog.notify(watchdog.READY)
+
+    @property
+    def publish_endpoint(self) -> str:
+        return self.publisher.endpoint
+
+    @property
+    def control_endpoint(self) -> str:
+        return self.control.endpoint
+
+    def request_stop(self, reason: str = "requested") -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stop.set()
+        if self.camera is not None:
+            self.camera.queue.wake()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._done.wait(timeout)
+
+    def shutdown(self) -> None:
+        """After the loop ended (or to force it): stop capture and control, publish the final status, close."""
+        if self._shut:
+            return
+        self._shut = True
+        self.request_stop(self.stop_reason or "shutdown")
+        watchdog.notify(watchdog.STOPPING)
+        if self._loop_thread is not None:
+            self._loop_thread.join()  # the frame in flight finishes first
+        if self.camera is not None:
+            self.camera.stop()
+        if self.control is not None:
+            self.control.stop()
+        self._loader.shutdown(wait=True, cancel_futures=True)
+        if self.publisher is not None:
+            self.publisher.publish_event("stopping", {"reason": self.stop_reason, "frames_judged": self.judged})
+            self.publisher.stop(final_status=self.status(final=True))
+        self._close_zmq()
+        log.info("stopped (%s) after %d judged frames", self.stop_reason, self.judged)
+
+    def _close_zmq(self) -> None:
+        for s in (self.publisher, self.control):
+            if s is not None and not s.sock.closed:
+                s.sock.close(linger=0)
+        if self._auth is not None:
+            self._auth.stop()
+            self._auth = None
+        if self._own_ctx and self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    def run(self) -> int:
+        """Foreground: start, serve until SIGTERM/SIGINT, the frame limit or the end of a finite source."""
+        old = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                old[sig] = signal.signal(sig, lambda s, f: self.request_stop(signal.Signals(s).name))
+        try:
+            self.start()
+            while not self._done.wait(0.2):
+                pass
+        finally:
+            self.shutdown()
+            for sig, h in old.items():
+                signal.signal(sig, h)
+        return 0
+
+    # ---- the inspection loop ------------------------------------------------------------------------
+
+    def call_in_loop(self, fn: Callable[[], Any]) -> Future:
+        """Run fn on the loop thread between two frames; the Future carries its result."""
+        fut: Future = Future()
+        with self._tasks_lock:
+            if self._loop_done:
+                fut.set_exception(AgptError("daemon stopping"))
+                return fut
+            self._tasks.put((fn, fut))
+        if self.camera is not None:
+            self.camera.queue.wake()
+        return fut
+
+    def _run_tasks(self) -> None:
+        while True:
+            try:
+                fn, fut = self._tasks.get_nowait()
+            except queue.Empty:
+                return
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as e:
+                fut.set_exception(e)
+
+    def _loop(self) -> None:
+        try:
+            q = self.camera.queue
+            while not self._stop.is_set():
+                self._loop_ticks += 1
+                self._run_tasks()
+                frame = q.get(timeout=0.1)
+                if frame is None:
+                    if q.closed and len(q) == 0 and self.camera.state == "ended":
+                        self.request_stop("camera_end")
+                    continue
+                self.last_frame_id = frame.frame_id
+                if self.paused.is_set():
+                    self.paused_drops += 1
+                    continue
+                self._inspect(frame)
+                if self.cfg.frames is not None and self.judged >= self.cfg.frames:
+                    self.request_stop("frames")
+        except BaseException:
+            log.exception("inspection loop crashed")
+            self.request_stop("loop_error")
+        finally:
+            with self._tasks_lock:
+                self._loop_done = True
+            while True:  # nobody will run these now
+                try:
+                    _, fut = self._tasks.get_nowait()
+                except queue.Empty:
+                    break
+                if fut.set_running_or_notify_cancel():
+                    fut.set_exception(AgptError("daemon stopping"))
+            self._done.set()
+
+    def _drops(self) -> Drops:
+        cam, pub = self.camera, self.publisher
+        return Drops(
+            queue=cam.dropped if cam else 0,
+            camera_bad=cam.bad_frames if cam else 0,
+            paused=self.paused_drops,
+            failed=self.failed,
+            publish=pub.drops if pub else 0,
+        )
+
+    def _inspect(self, frame: Frame) -> None:
+        pack = self.pack  # one reference for the whole frame: a swap cannot land in the middle of it
+        t0 = time.monotonic()
+        try:
+            j = self.inspector.judge(frame.image, pack)
+        except Exception as e:
+            self.failed += 1
+            self.errors += 1
+            if self.errors <= 3:  # a model failing on every frame must not flood the log
+                log.exception("judging frame %d failed", frame.frame_id)
+            elif self.errors % 100 == 0:
+                log.warning("judging keeps failing (%d errors so far): %s: %s", self.errors, type(e).__name__, e)
+            self.publisher.publish_event("judge_error", {"frame_id": frame.frame_id, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            return
+        t1 = time.monotonic()
+        png, size = encode_mask(getattr(j, "map", None))
+        mask = None
+        if size is not None:
+            mask = MaskInfo(width=size[0], height=size[1], frame_transform=_transform_info(j, frame.image, self.inspector))
+        t2 = time.monotonic()
+        truth = None
+        verdict = None if j.verdict is None else bool(j.verdict)
+        if frame.truth is not None:
+            label = frame.truth.label
+            truth = Truth(label=None if label is None else bool(label), has_mask=frame.truth.mask is not None)
+            if label is not None:
+                self.truth_frames += 1
+                self.truth_correct += int(verdict == bool(label))
+        latency = {"queue": (t0 - frame.capture_mono) * 1e3}
+        latency.update({k: float(v) for k, v in (getattr(j, "latency_ms", None) or {}).items()})
+        latency.update(judge=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3, total=(time.monotonic() - frame.capture_mono) * 1e3)
+        p = getattr(j, "p_anomaly", None)
+        header = ResultHeader(
+            frame_id=frame.frame_id,
+            camera=frame.camera,
+            line=self.cfg.line,
+            station=self.cfg.station,
+            prefix=self.cfg.topic_prefix,
+            product=pack.name,
+            bank_id=pack.bank_id,
+            capture_time=frame.capture_time,
+            publish_time=time.time(),
+            verdict=verdict,
+            p_anomaly=None if p is None else float(p),
+            score=float(getattr(j, "score", 0.0)),
+            judge=str(getattr(j, "judge", "")),
+            answer=getattr(j, "answer", None),
+            locations=list(getattr(j, "locations", None) or []),
+            mask=mask,
+            latency_ms={k: round(v, 3) for k, v in latency.items()},
+            drops=self._drops(),
+            truth=truth,
+        )
+        self.publisher.publish_result(header, png)
+        self.judged += 1
+        self._times.append(time.monotonic())
+        self._contexts.append(FrameContext(frame.frame_id, frame.camera, frame.image, j, pack, frame.capture_time))
+
+    # ---- state for status / control ------------------------------------------------------------------
+
+    def fps(self) -> float:
+        t = list(self._times)
+        if len(t) < 2 or time.monotonic() - t[-1] > 5.0:
+            return 0.0
+        return (len(t) - 1) / max(t[-1] - t[0], 1e-9)
+
+    def status(self, final: bool = False) -> Status:
+        cam, pack = self.camera, self.pack
+        return Status(
+            time=time.time(),
+            uptime_s=round(time.monotonic() - self._started, 3) if self._started else 0.0,
+            fps=round(self.fps(), 3),
+            queue_depth=len(cam.queue) if cam else 0,
+            drops=self._drops(),
+            product=pack.name if pack else None,
+            bank_id=pack.bank_id if pack else None,
+            camera=self.cfg.camera.name,
+            camera_state=cam.state if cam else "opening",
+            frames_captured=cam.frame_id if cam else 0,
+            frames_judged=self.judged,
+            results_published=self.publisher.last_seq("result") if self.publisher else 0,
+            truth_frames=self.truth_frames,
+            accuracy=(self.truth_correct / self.truth_frames) if self.truth_frames else None,
+            paused=self.paused.is_set(),
+            errors=self.errors,
+            final=final,
+        )
+
+    def _heartbeat(self) -> Status:
+        """The publisher's once-a-second status; also pings systemd's watchdog while the loop makes progress
+        (a loop stuck inside a frame stops the pings even though this thread still runs)."""
+        st = self.status()
+        if self._loop_ticks != self._ticks_at_beat:
+            self._ticks_at_beat = self._loop_ticks
+            watchdog.notify(watchdog.WATCHDOG)
+            watchdog.notify(watchdog.status_line(f"{st.product}@{st.bank_id} fps {st.fps:.1f} judged {st.frames_judged}"))
+        return st
+
+    def _camera_event(self, kind: str, detail: dict) -> None:
+        if self.publisher is not None:
+            self.publisher.publish_event(kind, detail)
+
+    # ---- control --------------------------------------------------------------------------------------
+
+    def handle(self, req: Request) -> Reply | Future:
+        """Called on the control thread for every valid request; fast ones answered here."""
+        if isinstance(req, StatusRequest):
+            return Reply(ok=True, data=self.status().model_dump())
+        if isinstance(req, ListProductsRequest):
+            return Reply(ok=True, data={"products": self.store.names(), "active": self.pack.name, "bank_id": self.pack.bank_id})
+        if isinstance(req, PauseRequest):
+            if not self.paused.is_set():
+                self.paused.set()
+                self.publisher.publish_event("paused", {"after_frame_id": self.last_frame_id})
+            return Reply(ok=True, data={"paused": True})
+        if isinstance(req, ResumeRequest):
+            if self.paused.is_set():
+                self.paused.clear()
+                self.publisher.publish_event("resumed", {"after_frame_id": self.last_frame_id})
+            return Reply(ok=True, data={"paused": False})
+        if isinstance(req, SwapBankRequest):
+            return self._loader.submit(self._guard, self._swap_job, req.product)
+        if isinstance(req, AddProductRequest):
+            return self._loader.submit(self._guard, self._add_job, req)
+        if isinstance(req, AskRequest):
+            return self.call_in_loop(lambda: self._ask_task(req))
+        return Reply(ok=False, error=f"unsupported command {req.cmd}")  # pragma: no cover
+
+    @staticmethod
+    def _guard(fn: Callable[..., Reply], *args) -> Reply:
+        try:
+            return fn(*args)
+        except AgptError as e:
+            return Reply(ok=False, error=str(e))
+        except Exception as e:
+            log.exception("control job failed")
+            return Reply(ok=False, error=f"{type(e).__name__}: {str(e)[:300]}")
+
+    def _apply(self, pack: ProductPack) -> dict:
+        """On the loop thread, between two frames: the changeover itself (one reference assignment)."""
+        old = self.pack
+        self.pack = pack
+        info = {
+            "product": pack.name,
+            "bank_id": pack.bank_id,
+            "previous": {"product": old.name, "bank_id": old.bank_id},
+            "after_frame_id": self.last_frame_id,
+        }
+        self.publisher.publish_event("changeover", info)
+        log.info("changeover %s (%s) -> %s (%s) after frame %d", old.name, old.bank_id, pack.name, pack.bank_id, self.last_frame_id)
+        return info
+
+    def _commit(self, pack: ProductPack, load_ms: float) -> Reply:
+        t0 = time.perf_counter()
+        info = self.call_in_loop(lambda: self._apply(pack)).result()
+        info["swap_wait_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
+        info["load_ms"] = round(load_ms, 3)
+        try:
+            self.store.set_active(pack.name, pack.bank_id, base=self.cfg.product)
+        except OSError as e:
+            info["warning"] = f"not remembered for a restart: {e}"
+            log.warning("could not record the active product: %s", e)
+        return Reply(ok=True, data=info)
+
+    def _swap_job(self, product: str) -> Reply:
+        t0 = time.perf_counter()
+        try:
+            pack = self.store.load(product)
+        except AgptError as e:
+            old = self.pack
+            self.publisher.publish_event("swap_failed", {"product": product, "error": str(e), "kept": old.name, "kept_bank_id": old.bank_id})
+            raise
+        return self._commit(pack, (time.perf_counter() - t0) * 1e3)
+
+    def _shot_path(self, s: str) -> Path:
+        p = Path(s).expanduser()
+        root = self.cfg.shots_root
+        if root is not None:
+            p = (root / p) if not p.is_absolute() else p
+            rp, rr = p.resolve(), Path(root).resolve()
+            if rp != rr and rr not in rp.parents:
+                raise AgptError(f"{s}: outside shots_root {root}")
+            return rp
+        return p
+
+    def _add_job(self, req: AddProductRequest) -> Reply:
+        t0 = time.perf_counter()
+        if self.store.pack_path(req.name).exists() and not req.replace:
+            raise AgptError(f"product {req.name!r} exists (send replace: true to overwrite it)")
+        images, hashes = [], []
+        for s in req.shots:  # read and decode off the loop; only the encoder runs between frames
+            img, digest = read_image(self._shot_path(s))
+            images.append(img)
+            hashes.append(digest)
+        insp = self.inspector
+        pack = self.call_in_loop(lambda: build_pack(insp, req.name, req.description, images, shot_sha256s=hashes)).result()
+        path = self.store.save(pack, replace=req.replace)
+        build_ms = (time.perf_counter() - t0) * 1e3
+        data = {"product": pack.name, "bank_id": pack.bank_id, "n_shots": len(images), "path": str(path), "build_ms": round(build_ms, 3)}
+        self.publisher.publish_event("product_added", dict(data))
+        if req.activate:
+            data["changeover"] = self._commit(pack, 0.0).data
+        return Reply(ok=True, data=data)
+
+    def _ask_task(self, req: AskRequest) -> Reply:
+        if not self._contexts:
+            raise AgptError("no frame judged yet")
+        if req.frame_id is None:
+            ctx = self._contexts[-1]
+        else:
+            ctx = next((c for c in self._contexts if c.frame_id == req.frame_id), None)
+            if ctx is None:
+                ids = [c.frame_id for c in self._contexts]
+                raise AgptError(f"frame {req.frame_id} is not kept (kept: {ids[0]}..{ids[-1]})")
+        ask = getattr(self.inspector, "ask", None)
+        if ask is None:
+            raise AgptError("this bundle cannot answer questions (no LLM)")
+        t0 = time.perf_counter()
+        answer = ask(ctx, req.question)
+        return Reply(
+            ok=True,
+            data={"frame_id": ctx.frame_id, "product": ctx.pack.name, "question": req.question, "answer": str(answer),
+                  "ms": round((time.perf_counter() - t0) * 1e3, 3)},
+        )  # fmt: skip
+
+
+# ---- CLI ------------------------------------------------------------------------------------------------
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", required=True, type=Path, help="line config YAML (see configs/line-example.yaml)")
+    p.add_argument("--frames", type=int, default=None, help="stop after N judged frames")
+    p.add_argument("--product", default=None, help="override the config's initial product")
+    p.add_argument("--log-level", default=None, choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, frames=args.frames, product=args.product, log_level=args.log_level)
+    logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    d = Daemon(cfg)
+    code = d.run()
+    print(f"stopped ({d.stop_reason}): {d.judged} frames judged, drops {d._drops().model_dump()}", flush=True)
+    return code

@@ -1,0 +1,385 @@
+"""AnomalyGPT's LLM on llama.cpp (llama-cpp-python low-level API; numpy only, no torch).
+
+One frame is the sequence (reference doc, section 8)
+
+    [BOS][before tokens] [E_img row] [middle tokens] [18 prompt rows] [question tokens]
+
+BOS + before never change: they are decoded once and kept in the KV cache; every frame removes what
+follows them and decodes the rest, positions continuing. A llama.cpp batch is all token ids or all
+embedding rows, so the session looks the token rows up itself (gguf_tokens.py, bit-identical to
+llama.cpp's lookup) and decodes the frame as ONE embedding batch; a GGUF whose token table it cannot
+read falls back to four decodes (E_img, middle tokens, prompt rows, question tokens), same result. A verdict needs only that prefill (`first_token`:
+the logits of ' Yes' and ' No'); the full answer (`answer`) continues greedily with the reference's
+stop rule.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AgptError
+from .gguf_tokens import read_token_embeddings
+from .prompt import PromptLayout, question_text
+
+_LOG: collections.deque[str] = collections.deque(maxlen=64)
+_VERBOSE = False
+_INIT_LOCK = threading.Lock()
+_INITIALISED = False
+_LOG_CALLBACK = None  # kept referenced: llama.cpp holds a raw pointer to it
+
+
+def llama_cpp_module():
+    """Import llama_cpp and route its log into a ring buffer (printed only when verbose)."""
+    global _INITIALISED, _LOG_CALLBACK
+    import llama_cpp
+
+    with _INIT_LOCK:
+        if not _INITIALISED:
+
+            @llama_cpp.llama_log_callback
+            def _log(level, text, user_data):  # noqa: ARG001
+                msg = text.decode("utf-8", "replace") if text else ""
+                _LOG.append(msg)
+                if _VERBOSE:
+                    sys.stderr.write(msg)
+
+            _LOG_CALLBACK = _log
+            llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
+            llama_cpp.llama_backend_init()
+            _INITIALISED = True
+    return llama_cpp
+
+
+def last_log_line() -> str:
+    """The last llama.cpp log line that looks like an error (for one-line error messages)."""
+    lines = [m.strip() for m in _LOG if m.strip()]
+    errs = [m for m in lines if "error" in m.lower() or "failed" in m.lower()]
+    return (errs or lines or ["no message"])[-1][:300]
+
+
+def _load_model(path: Path, vocab_only: bool = False, n_gpu_layers: int | None = None):
+    ll = llama_cpp_module()
+    if not path.is_file():
+        raise AgptError(f"{path}: no such GGUF file (expected the LLM written by 'agpt export llm')")
+    mp = ll.llama_model_default_params()
+    mp.vocab_only = vocab_only
+    if n_gpu_layers is not None:
+        mp.n_gpu_layers = n_gpu_layers
+    _LOG.clear()
+    model = ll.llama_model_load_from_file(str(path).encode(), mp)
+    if not model:
+        raise AgptError(f"{path}: llama.cpp cannot load this GGUF ({last_log_line()})")
+    return model
+
+
+def _tokenize(vocab, text: str) -> list[int]:
+    """llama.cpp's own tokenizer, no BOS, special pieces not parsed (as SentencePiece on a segment)."""
+    ll = llama_cpp_module()
+    data = text.encode("utf-8")
+    cap = len(data) + 8
+    buf = (ll.llama_token * cap)()
+    n = ll.llama_tokenize(vocab, data, len(data), buf, cap, False, False)
+    if n < 0:  # cannot happen for SentencePiece (at most one token per byte + prefix), kept for safety
+        cap = -n
+        buf = (ll.llama_token * cap)()
+        n = ll.llama_tokenize(vocab, data, len(data), buf, cap, False, False)
+    return list(buf[:n])
+
+
+def gguf_tokenize(path: str | Path, text: str) -> list[int]:
+    """Token ids of `text` by the GGUF's tokenizer (vocabulary only is loaded). For export checks."""
+    ll = llama_cpp_module()
+    model = _load_model(Path(path), vocab_only=True)
+    try:
+        return _tokenize(ll.llama_model_get_vocab(model), text)
+    finally:
+        ll.llama_model_free(model)
+
+
+@dataclass
+class FirstToken:
+    """The verdict from one prefill: P(anomaly) = softmax over the ' Yes' and ' No' logits, entry 0."""
+
+    p_anomaly: float
+    logit_yes: float
+    logit_no: float
+
+
+@dataclass
+class Answer:
+    text: str
+    tokens: list[int]  # every generated token, the stop token included
+    stopped: str  # 'stop' ('##'), 'eos', or 'length'
+    p_anomaly: float  # from the first step's logits, free with every answer
+
+
+@dataclass
+class FrameContext:
+    """One inspected frame for a conversation: its LLM inputs and the turns so far."""
+
+    img_embed: np.ndarray  # (1, D)
+    prompts: np.ndarray  # (18, D)
+    history: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _p_yes(logits: np.ndarray, layout: PromptLayout) -> FirstToken:
+    ly, ln = float(logits[layout.yes_token]), float(logits[layout.no_token])
+    # softmax([ly, ln])[0], written so that it cannot overflow
+    p = 1.0 / (1.0 + np.exp(ln - ly)) if ln - ly < 80 else 0.0
+    return FirstToken(float(p), ly, ln)
+
+
+class LlmSession:
+    """A loaded GGUF with its context and the constant prefix already in the KV cache.
+
+    kv_f32 and flash_attn=False give transformers parity to ~1e-5 (tests); the defaults (F16 KV) are
+    what a line device runs. `n_embd`, when given, is the width the bundle's prompt learner produces.
+    Greedy decoding is deterministic; `seed` is kept for interface stability and unused.
+    """
+
+    def __init__(self, gguf_path: str | Path, layout: PromptLayout, n_ctx: int = 2048, n_threads: int | None = None,
+                 n_batch: int = 512, kv_f32: bool = False, flash_attn: bool = False, seed: int = 0,
+                 n_embd: int | None = None, n_gpu_layers: int | None = None, verbose: bool = False,
+                 single_batch: bool = True):
+        global _VERBOSE
+        _VERBOSE = verbose
+        ll = self._ll = llama_cpp_module()
+        self.path = Path(gguf_path)
+        self.layout = layout
+        self.seed = seed
+        self._lock = threading.Lock()
+        self._model = self._ctx = None
+        self._batches: list = []
+        self._model = _load_model(self.path, n_gpu_layers=n_gpu_layers)
+        self.n_embd = int(ll.llama_model_n_embd(self._model))
+        if n_embd is not None and n_embd != self.n_embd:
+            self.close()
+            raise AgptError(
+                f"{self.path}: the LLM is {self.n_embd} wide but the bundle's prompt learner gives {n_embd}-wide rows: "
+                "the GGUF and the vision components come from different exports"
+            )
+        self._vocab = ll.llama_model_get_vocab(self._model)
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
+        ids = layout.prefix_tokens + layout.middle + [layout.yes_token, layout.no_token, layout.stop_token, layout.eos_token]
+        if max(ids) >= self.n_vocab or min(ids) < 0:
+            self.close()
+            raise AgptError(f"{self.path}: the prompt layout names token ids outside this GGUF's {self.n_vocab}-token vocabulary")
+
+        cp = ll.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = cp.n_ubatch = n_batch
+        cp.n_seq_max = 1
+        cp.n_threads = cp.n_threads_batch = n_threads or os.cpu_count() or 1
+        cp.no_perf = True
+        cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        if kv_f32:
+            cp.type_k = cp.type_v = ll.GGML_TYPE_F32
+        self._ctx = ll.llama_init_from_model(self._model, cp)
+        if not self._ctx:
+            self.close()
+            raise AgptError(f"{self.path}: llama.cpp cannot create a context (n_ctx {n_ctx}): {last_log_line()}")
+        self.n_ctx = int(ll.llama_n_ctx(self._ctx))
+        self.n_batch = n_batch
+        self._mem = ll.llama_get_memory(self._ctx)
+        # Two reusable batches: token ids, and embedding rows (token left NULL). One sequence (id 0).
+        self._tok = ll.llama_batch_init(n_batch, 0, 1)
+        self._emb = ll.llama_batch_init(n_batch, self.n_embd, 1)
+        self._batches = [self._tok, self._emb]
+        for b in self._batches:
+            for i in range(n_batch):
+                b.n_seq_id[i] = 1
+                b.seq_id[i][0] = 0
+        self._questions: collections.OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = collections.OrderedDict()
+        table = read_token_embeddings(self.path) if single_batch else None
+        if table is not None and (table.n_embd, table.n_vocab) != (self.n_embd, self.n_vocab):
+            table = None
+        self._table = table
+        self._middle = self._segment(layout.middle)
+        self.n_prefix = len(layout.prefix_tokens)
+        self._decode(np.asarray(layout.prefix_tokens, np.int32), 0, want="none")
+
+    # ---------------------------------------------------------------- plumbing
+
+    def close(self) -> None:
+        ll = getattr(self, "_ll", None)
+        if ll is None:
+            return
+        for b in self._batches:
+            ll.llama_batch_free(b)
+        self._batches = []
+        if self._ctx:
+            ll.llama_free(self._ctx)
+            self._ctx = None
+        if self._model:
+            ll.llama_model_free(self._model)
+            self._model = None
+
+    def __enter__(self) -> LlmSession:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def tokenize(self, text: str) -> list[int]:
+        """llama.cpp's tokenizer on one segment (no BOS, special pieces not parsed)."""
+        return _tokenize(self._vocab, text)
+
+    def detokenize(self, tokens: list[int]) -> str:
+        """Text of `tokens`, control tokens (BOS/EOS/pad) rendered as nothing, leading prefix space removed."""
+        ll = self._ll
+        if not tokens:
+            return ""
+        arr = (ll.llama_token * len(tokens))(*tokens)
+        cap = 16 * len(tokens) + 16
+        buf = ctypes.create_string_buffer(cap)
+        n = ll.llama_detokenize(self._vocab, arr, len(tokens), buf, cap, True, False)
+        if n < 0:
+            cap = -n + 1
+            buf = ctypes.create_string_buffer(cap)
+            n = ll.llama_detokenize(self._vocab, arr, len(tokens), buf, cap, True, False)
+        return buf.raw[:n].decode("utf-8", "replace")
+
+    @property
+    def single_batch(self) -> bool:
+        """True when a frame is decoded as one embedding batch (the token table was readable)."""
+        return self._table is not None
+
+    def _segment(self, ids: list[int]) -> tuple[np.ndarray, np.ndarray | None]:
+        """(token ids, their embedding rows when the table is available)."""
+        a = np.asarray(ids, np.int32)
+        return a, (self._table.rows(a) if self._table is not None else None)
+
+    def _question(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
+        seg = self._questions.get(text)
+        if seg is None:
+            seg = self._questions[text] = self._segment(self.tokenize(text))
+            if len(self._questions) > 64:  # a product has one question; keep a few products' worth
+                self._questions.popitem(last=False)
+        return seg
+
+    def _decode(self, data: np.ndarray, pos0: int, want: str) -> np.ndarray | None:
+        """Decode token ids (1-D int32) or embedding rows (2-D float32) at positions pos0.., chunked to n_batch.
+
+        want: 'none', 'last' (logits of the final row, (n_vocab,)) or 'all' ((n, n_vocab)).
+        """
+        ll = self._ll
+        n = data.shape[0]
+        if pos0 + n > self.n_ctx:
+            raise AgptError(f"prompt of {pos0 + n} positions exceeds the LLM context of {self.n_ctx}")
+        is_emb = data.ndim == 2
+        batch = self._emb if is_emb else self._tok
+        data = np.ascontiguousarray(data, dtype=np.float32 if is_emb else np.int32)
+        flags = np.zeros(n, np.int8)
+        if want == "all":
+            flags[:] = 1
+        elif want == "last":
+            flags[-1] = 1
+        pos = np.arange(pos0, pos0 + n, dtype=np.int32)
+        out = []
+        for s in range(0, n, self.n_batch):
+            m = min(self.n_batch, n - s)
+            chunk = data[s : s + m]  # kept referenced until the copy below is done
+            if is_emb:
+                ctypes.memmove(batch.embd, chunk.ctypes.data, chunk.nbytes)
+            else:
+                ctypes.memmove(batch.token, chunk.ctypes.data, chunk.nbytes)
+            ctypes.memmove(batch.pos, pos[s : s + m].ctypes.data, 4 * m)
+            ctypes.memmove(batch.logits, flags[s : s + m].ctypes.data, m)
+            batch.n_tokens = m
+            rc = ll.llama_decode(self._ctx, batch)
+            if rc != 0:
+                raise AgptError(f"{self.path}: llama_decode failed (code {rc}): {last_log_line()}")
+            for j in np.flatnonzero(flags[s : s + m]):
+                ptr = ll.llama_get_logits_ith(self._ctx, int(j))
+                out.append(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
+        if want == "none":
+            return None
+        return out[-1] if want == "last" else np.stack(out)
+
+    def _rows(self, x, n_rows: int, what: str) -> np.ndarray:
+        a = np.asarray(x, dtype=np.float32).reshape(-1, self.n_embd) if np.size(x) % self.n_embd == 0 else None
+        if a is None or a.shape[0] != n_rows:
+            raise ValueError(f"{what}: expected {n_rows} rows of width {self.n_embd}, got shape {np.shape(x)}")
+        return a
+
+    def _prefill(self, img_embed, prompts, text: str, want: str) -> tuple[np.ndarray, int]:
+        """Everything after the cached prefix; returns (logits, next position)."""
+        lay = self.layout
+        img = self._rows(img_embed, lay.n_img_rows, "img_embed")
+        p = self._rows(prompts, lay.n_prompt_rows, "prompts")
+        q = self._question(text)
+        self._ll.llama_memory_seq_rm(self._mem, 0, self.n_prefix, -1)  # drop the previous frame
+        pos = self.n_prefix
+        if self._table is not None:
+            rows = np.concatenate([img, self._middle[1], p, q[1]])
+            return self._decode(rows, pos, want), pos + rows.shape[0]
+        segments = [d for d in (img, self._middle[0], p, q[0]) if d.shape[0]]
+        parts = []
+        for i, data in enumerate(segments):
+            # logits only where asked: the output head is a large matmul (32001 x 4096 for 7B)
+            w = want if want == "all" or i == len(segments) - 1 else "none"
+            parts.append(self._decode(data, pos, w))
+            pos += data.shape[0]
+        return (parts[-1] if want == "last" else np.concatenate(parts)), pos
+
+    # ---------------------------------------------------------------- API
+
+    def first_token(self, img_embed, prompts, question: str) -> FirstToken:
+        """P(anomaly) from the first answer token's ' Yes'/' No' logits: one prefill, no generation."""
+        with self._lock:
+            logits, _ = self._prefill(img_embed, prompts, question_text(question), "last")
+        return _p_yes(logits, self.layout)
+
+    def logits_all(self, img_embed, prompts, question: str) -> np.ndarray:
+        """(T, n_vocab) logits at every position of the prompt, BOS included (parity tests)."""
+        with self._lock:
+            self._ll.llama_memory_clear(self._mem, True)
+            head = self._decode(np.asarray(self.layout.prefix_tokens, np.int32), 0, "all")
+            rest, _ = self._prefill(img_embed, prompts, question_text(question), "all")
+        return np.concatenate([head, rest])
+
+    def answer(self, img_embed, prompts, question: str, max_new_tokens: int | None = None) -> Answer:
+        """The reference's answer: greedy, stop after '##' or EOS, text = tokens[:-2] decoded."""
+        return self._generate(img_embed, prompts, question_text(question), max_new_tokens)
+
+    def ask(self, frame: FrameContext, question: str, max_new_tokens: int | None = None) -> Answer:
+        """A follow-up question on the same frame, in the reference's multi-turn format (re-prefilled)."""
+        ans = self._generate(frame.img_embed, frame.prompts, question_text(question, frame.history), max_new_tokens)
+        frame.history.append((question, ans.text))
+        return ans
+
+    def _generate(self, img_embed, prompts, text: str, max_new_tokens: int | None) -> Answer:
+        lay = self.layout
+        limit = lay.max_new_tokens if max_new_tokens is None else max_new_tokens
+        with self._lock:
+            logits, pos = self._prefill(img_embed, prompts, text, "last")
+            first = _p_yes(logits, lay)
+            tokens: list[int] = []
+            stopped = "length"
+            while len(tokens) < limit:
+                t = int(np.argmax(logits))  # first maximum, as torch.argmax
+                tokens.append(t)
+                if t == lay.stop_token or t == lay.eos_token:
+                    stopped = "stop" if t == lay.stop_token else "eos"
+                    break
+                if len(tokens) == limit or pos >= self.n_ctx:
+                    break
+                logits = self._decode(np.asarray([t], np.int32), pos, "last")
+                pos += 1
+        # The reference decodes outputs[0][:-2]: for a trained model that drops the '\n' '##' ending; it
+        # drops two tokens whatever the stop reason, and so does this.
+        return Answer(self.detokenize(tokens[:-2]).strip(), tokens, stopped, first.p_anomaly)

@@ -1,0 +1,23 @@
+"""Session fixtures: tiny official-format checkpoints (made once per run) and the shared dataset."""
+
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = REPO.parent / "shared" / "datasets"
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    from export.tiny import make_tiny
+
+    return make_tiny(tmp_path_factory.mktemp("tiny_ckpt"), seed=0, progress=lambda *_: None)
+
+
+@pytest.fixture(scope="session")
+def cookie() -> Path:
+    root = DATASETS / "cookie"
+    if not root.is_dir():
+        pytest.skip(f"dataset folder {root} is absent (it sits beside the repo as ../shared/datasets)")
+    return root

@@ -1,0 +1,209 @@
+"""Camera sources and the capture thread: vanishing cameras, bad frames, the newest-frame queue."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _daemon_fakes import CountingSource, FlakySource, ScriptedSource
+
+from runtime.camera import Camera, FolderSource, Frame, FrameQueue, normalize_frame
+from runtime.config import CameraConfig
+
+
+def _cfg(**kw) -> CameraConfig:
+    base = dict(kind="synthetic", source="test", reopen_backoff_s=0.01, reopen_backoff_max_s=0.05, queue_size=4, when_full="wait")
+    base.update(kw)
+    return CameraConfig(**base)
+
+
+def _drain(cam: Camera, n: int, timeout: float = 10.0) -> list[Frame]:
+    out, deadline = [], time.monotonic() + timeout
+    while len(out) < n:
+        assert time.monotonic() < deadline, f"only {len(out)} of {n} frames"
+        f = cam.queue.get(0.1)
+        if f is not None:
+            out.append(f)
+        elif cam.queue.closed and len(cam.queue) == 0:
+            break
+    return out
+
+
+def test_normalize_frame_cases():
+    bgr = np.zeros((20, 30, 3), np.uint8)
+    assert normalize_frame(bgr)[0] is not None
+    gray = normalize_frame(np.full((20, 30), 7, np.uint8))[0]
+    assert gray.shape == (20, 30, 3) and (gray == 7).all()
+    assert normalize_frame(np.zeros((20, 30, 1), np.uint8))[0].shape == (20, 30, 3)
+    bgra = np.zeros((20, 30, 4), np.uint8)
+    bgra[..., 3] = 255
+    bgra[..., 0] = 9
+    out = normalize_frame(bgra)[0]
+    assert out.shape == (20, 30, 3) and (out[..., 0] == 9).all() and out.flags.c_contiguous
+    assert normalize_frame(np.full((20, 30, 3), 65535, np.uint16))[0].max() == 255
+    for bad, why in [(None, "empty"), (np.zeros((0, 3, 3), np.uint8), "empty"), (np.zeros((20, 30, 2), np.uint8), "shape"),
+                     (np.zeros((20, 30, 3), np.float32), "dtype"), (np.zeros((4, 4, 3), np.uint8), "small"),
+                     (np.zeros((2, 20, 30, 3), np.uint8), "shape"), ("not an image", "empty")]:  # fmt: skip
+        img, reason = normalize_frame(bad)
+        assert img is None and why in reason
+
+
+def test_frame_queue_keeps_newest_and_counts_drops():
+    q = FrameQueue(2, "drop_oldest")
+    for i in range(1, 6):
+        q.put(Frame(i, np.zeros((8, 8, 3), np.uint8), "c", 0, 0))
+    assert q.dropped == 3 and [q.get(0).frame_id, q.get(0).frame_id] == [4, 5]
+    assert q.get(0.01) is None
+    woke = []
+    t = threading.Thread(target=lambda: woke.append(q.get(5.0)))
+    t.start()
+    time.sleep(0.05)
+    q.wake()
+    t.join(2)
+    assert woke == [None] and not t.is_alive()
+
+
+def test_frame_queue_wait_mode_blocks_producer_without_drops():
+    q = FrameQueue(1, "wait")
+    q.put(Frame(1, np.zeros((8, 8, 3), np.uint8), "c", 0, 0))
+    done = threading.Event()
+    t = threading.Thread(target=lambda: (q.put(Frame(2, np.zeros((8, 8, 3), np.uint8), "c", 0, 0)), done.set()))
+    t.start()
+    assert not done.wait(0.1)  # full: the producer waits
+    assert q.get(0).frame_id == 1
+    assert done.wait(2) and q.get(0).frame_id == 2 and q.dropped == 0
+    t.join()
+
+
+def test_camera_that_vanishes_and_comes_back():
+    events: list[tuple[str, dict]] = []
+    src = FlakySource()
+    cam = Camera(_cfg(), src, on_event=lambda k, d: events.append((k, d)))
+    cam.start()
+    try:
+        first = _drain(cam, 10)
+        src.down.set()  # unplugged: reads raise / fail, reopen fails
+        deadline = time.monotonic() + 5
+        while not (src.failed_opens >= 2 and cam.state == "lost"):
+            assert time.monotonic() < deadline
+            cam.queue.get(0.02)
+        src.down.clear()
+        deadline = time.monotonic() + 5
+        while cam.state != "open" or not any(k == "camera_back" for k, _ in events):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        after = _drain(cam, 10)
+    finally:
+        cam.stop()
+    kinds = [k for k, _ in events]
+    assert kinds.count("camera_lost") == 1 and kinds.count("camera_back") == 1, kinds
+    assert kinds.index("camera_lost") < kinds.index("camera_back")
+    assert all(d["camera"] == "cam0" for _, d in events)
+    assert cam.reopens == 1 and src.opened >= 2
+    ids = [f.frame_id for f in first + after]
+    assert ids == sorted(set(ids)) and ids[0] == 1  # monotonic, no duplicates, across the outage
+    assert first[0].truth.label is False and first[2].truth.label is True
+
+
+def test_bad_frames_are_counted_converted_and_reported():
+    good = np.full((20, 30, 3), 5, np.uint8)
+    script = [good, None, np.zeros((0, 0, 3), np.uint8), np.zeros((20, 30, 2), np.uint8), np.full((20, 30), 6, np.uint8),
+              np.zeros((20, 30, 4), np.uint8), np.zeros((20, 30, 3), np.float64), good, "garbage"]  # fmt: skip
+    events = []
+    cam = Camera(_cfg(), ScriptedSource(script), on_event=lambda k, d: events.append((k, d)))
+    cam.start()
+    frames = _drain(cam, 100)
+    cam.stop()
+    assert [f.frame_id for f in frames] == [1, 2, 3, 4]  # good, gray->BGR, BGRA->BGR, good
+    assert all(f.image.shape == (20, 30, 3) for f in frames)
+    assert cam.bad_frames == 5 and cam.state == "ended"
+    kinds = [k for k, _ in events]
+    assert "camera_bad_frame" in kinds and kinds[-1] == "camera_end"
+    assert events[kinds.index("camera_bad_frame")][1]["count"] >= 1
+
+
+def test_source_that_raises_in_open_forever_never_crashes():
+    class Broken:
+        def open(self):
+            raise RuntimeError("driver exploded")
+
+        def read(self):  # pragma: no cover
+            raise AssertionError
+
+        def close(self):
+            raise RuntimeError("close exploded too")
+
+    events = []
+    cam = Camera(_cfg(), Broken(), on_event=lambda k, d: events.append(k))
+    cam.start()
+    time.sleep(0.2)
+    cam.stop()
+    assert cam.state == "stopped" and events == ["camera_lost"] and cam.frame_id == 0
+
+
+def test_drop_oldest_counts_every_lost_frame():
+    cam = Camera(_cfg(when_full="drop_oldest", queue_size=1), CountingSource(n=200))
+    cam.start()
+    got = []
+    while True:
+        f = cam.queue.get(0.5)
+        if f is None:
+            if cam.queue.closed:
+                break
+            continue
+        got.append(f.frame_id)
+        time.sleep(0.002)  # a slow consumer
+    cam.stop()
+    assert got == sorted(got) and got[-1] == 200
+    assert len(got) + cam.dropped == 200  # never silent
+
+
+def test_folder_source_sorted_loop_and_unreadable_files(tmp_path):
+    import cv2
+
+    for name, value in [("b.png", 2), ("a.png", 1), ("c.bmp", 3)]:
+        cv2.imwrite(str(tmp_path / name), np.full((16, 16, 3), value * 40, np.uint8))
+    (tmp_path / "d.png").write_bytes(b"corrupt")
+    (tmp_path / "notes.txt").write_text("ignored")
+    cam = Camera(_cfg(kind="folder", source=str(tmp_path)))
+    cam.start()
+    frames = _drain(cam, 100)
+    cam.stop()
+    assert [int(f.image[0, 0, 0]) // 40 for f in frames] == [1, 2, 3] and cam.bad_frames == 1
+    src = FolderSource(tmp_path, loop=True)
+    src.open()
+    reads = [src.read()[0] for _ in range(9)]
+    assert all(reads) and not src.eof
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(Exception, match="no images"):
+        FolderSource(tmp_path / "empty").open()
+    with pytest.raises(Exception, match="no such image folder"):
+        FolderSource(tmp_path / "absent").open()
+
+
+def test_video_file_source(tmp_path):
+    import cv2
+
+    path = tmp_path / "clip.avi"
+    w = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 24))
+    if not w.isOpened():
+        pytest.skip("OpenCV here cannot write MJPG video")
+    for i in range(5):
+        w.write(np.full((24, 32, 3), i * 40, np.uint8))
+    w.release()
+    cam = Camera(_cfg(kind="file", source=str(path)))
+    cam.start()
+    frames = _drain(cam, 100)
+    cam.stop()
+    assert len(frames) == 5 and frames[0].image.shape == (24, 32, 3) and cam.state == "ended"
+    looped = Camera(_cfg(kind="file", source=str(path), loop=True))
+    looped.start()
+    assert len(_drain(looped, 12)) == 12
+    looped.stop()
