@@ -22,12 +22,10 @@ from runtime.prompt import PromptLayout, parse_answer, product_question, questio
 
 from . import checkpoints as ck
 from .llm_export import build_reference_llm, make_layout, reference_greedy, reference_inputs_embeds, reference_text
-from .modeling.decoder import Decoder, decoder_map
+from .modeling.decoder import decoder_map
 from .modeling.fewshot import bank_from_shots, bank_map
-from .modeling.imagebind_text import ImageBindText
-from .modeling.imagebind_vision import ImageBindVision
-from .modeling.prompt_learner import LlamaProj, PromptLearner
 from .modeling.text_prompts import text_features
+from .vision_modules import CheckpointPaths, load_vision_modules
 
 
 @dataclass
@@ -51,30 +49,17 @@ class Reference:
 
     def __init__(self, ckpt_dir: str | Path | None = None, *, imagebind=None, pandagpt=None, anomalygpt=None, vicuna=None,
                  llm: bool = True, merged_lora: bool = False):
-        d = Path(ckpt_dir) if ckpt_dir else None
-
-        def pick(given, rel):
-            if given is not None:
-                return Path(given)
-            if d is None:
-                raise AgptError(f"no path for {rel}: give --ckpt-dir or the file itself")
-            return d / rel
-
-        self.paths = {"imagebind": pick(imagebind, ck.IMAGEBIND), "pandagpt": pick(pandagpt, ck.PANDAGPT),
-                      "anomalygpt": pick(anomalygpt, ck.ANOMALYGPT), "vicuna": pick(vicuna, ck.VICUNA)}
-        parts = ck.load_imagebind(self.paths["imagebind"])
-        self.vision = ImageBindVision.from_state(parts.vision)
-        self.text = ImageBindText.from_state(parts.text)
-        self.delta_panda = ck.load_pandagpt(self.paths["pandagpt"])
-        delta = ck.load_anomalygpt(self.paths["anomalygpt"])
-        self.decoder = Decoder.from_state(delta.decoder)
-        self.prompt_learner = PromptLearner.from_state(delta.prompt_learner)
-        self.llama_proj = LlamaProj.from_weights(self.delta_panda.llama_proj_weight, self.delta_panda.llama_proj_bias)
+        self.paths = CheckpointPaths.resolve(ckpt_dir, imagebind, pandagpt, anomalygpt, vicuna)
+        mods = load_vision_modules(self.paths, text=True)
+        self.vision, self.text, self.decoder = mods.vision, mods.text, mods.decoder
+        self.prompt_learner, self.llama_proj = mods.learner, mods.proj
         self._text_cache: dict[str, torch.Tensor] = {}
         self.model = self.sp = self.layout = None
         if llm:
-
-            self.model, self.sp = build_reference_llm(self.paths["vicuna"], self.delta_panda, merged=merged_lora)
+            if self.paths.vicuna is None:
+                raise AgptError("no Vicuna folder given: pass --ckpt-dir DIR or --vicuna DIR")
+            delta = ck.load_pandagpt(self.paths.pandagpt)
+            self.model, self.sp = build_reference_llm(self.paths.vicuna, delta, merged=merged_lora)
             self.layout = make_layout(self.sp)
 
     # --- vision side -------------------------------------------------------------------------

@@ -18,6 +18,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("export", "bundle"): ("export.bundle_writer", "export encoder, decoder, prompt learner (+ LLM) into a bundle"),
     ("export", "llm"): ("export.llm_export", "merge the LoRA, write and quantise the GGUF"),
     ("export", "verify"): ("export.verify", "compare a bundle with the reference on the same images"),
+    ("export", "trt"): ("export.tensorrt_build", "build TensorRT engines for a bundle on this device"),
     ("export", "lite"): ("export.lite", "export the EfficientNet-Lite0 lite bundle (no LLM)"),
     ("run",): ("runtime.daemon", "run the inspection daemon"),
     ("subscribe",): ("runtime.subscribe", "print the results a daemon publishes"),

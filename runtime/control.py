@@ -175,6 +175,7 @@ def request(endpoint: str, payload: dict | bytes, timeout_s: float = 5.0, curve:
     ctx = ctx or zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.MAXMSGSIZE, 16 << 20)
     try:
         if curve:
             from zmq import auth as zauth

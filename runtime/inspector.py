@@ -3,11 +3,18 @@
 The daemon, `agpt eval` and `agpt bench` all judge frames through this class, so what is measured is
 what runs on the line. The map is the product's normal-shot bank map when it has shots (it replaces the
 decoder map, as in the reference), else the decoder map with the product's text features.
+
+Several cameras: `judge_batch(frames, packs)` runs the same path on N frames at once: the encoder and the
+prompt learner see one (N,...) batch each, the maps are made per frame with each camera's own pack, and
+the LLM decodes the N prompts as parallel sequences of one llama.cpp batch. `judge` is a batch of one.
+Frames may be preprocessed ahead of the batch (`prepare`, e.g. on the camera's thread).
 """
 
 from __future__ import annotations
 
+import collections
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,14 +44,30 @@ class Judgement:
     latency_ms: dict[str, float] = field(default_factory=dict)
     transform: FrameTransform | None = None
     llm_context: Any = None  # runtime.llm.FrameContext, kept by the daemon for follow-up questions
+    batch: int = 1  # frames judged together (cameras); latency_ms past preprocess is the whole batch's
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A frame already preprocessed (Inspector.prepare): the model input and how to undo it."""
+
+    x: np.ndarray  # (3,224,224) float32
+    transform: FrameTransform
+    ms: float  # preprocessing time
+
+
+BANK_CACHE = 8  # normalised banks kept (one per camera's product is enough)
 
 
 class Inspector:
-    def __init__(self, bundle: Bundle, backend=None, verdict_mode: str = "first_token", llm_options: dict | None = None):
+    def __init__(self, bundle: Bundle, backend=None, verdict_mode: str = "first_token", llm_options: dict | None = None,
+                 max_new_tokens: int | None = None, max_batch: int = 1, vision=None, llm=None):
+        """max_batch: most frames judge_batch decodes at once (cameras); sizes the LLM context (n_seq_max).
+        vision / llm: engines built elsewhere (runtime.backends.torch_backend), used instead of the bundle's."""
         if verdict_mode not in ("first_token", "answer"):
             raise AgptError(f"verdict mode {verdict_mode!r}: expected first_token or answer")
         m = bundle.manifest
-        self.bundle, self.verdict_mode = bundle, verdict_mode
+        self.bundle, self.verdict_mode, self.max_new_tokens = bundle, verdict_mode, max_new_tokens
         self.preprocess = m.preprocess
         self.taps_spec = m.encoder.taps
         self.grids = [tuple(t.grid) for t in m.encoder.taps]
@@ -53,17 +76,21 @@ class Inspector:
         self.manifest_products = m.products
         providers = getattr(backend, "providers", None)
         threads = getattr(backend, "intra_op_threads", None)
-        self.vision = VisionEngines(bundle, providers=providers, threads=threads)
-        self.llm = None
-        if m.llm is not None and self.vision.has("prompt"):
+        if max_batch < 1:
+            raise AgptError(f"max_batch {max_batch}: expected at least 1")
+        self.max_batch = int(max_batch)
+        self.vision = vision if vision is not None else VisionEngines(bundle, providers=providers, threads=threads)
+        self.llm = llm
+        if llm is None and m.llm is not None and self.vision.has("prompt"):
             from .llm import LlmSession
 
             width = next(s.shape[-1] for s in m.components["prompt"].outputs if s.name == "prompts")
             opts = dict(n_threads=getattr(backend, "llm_threads", None), n_gpu_layers=getattr(backend, "llm_gpu_layers", None) or None)
+            if self.max_batch > 1:
+                opts["n_seq_max"] = self.max_batch
             opts.update(llm_options or {})
             self.llm = LlmSession(bundle.path(m.llm), m.llm.layout, n_embd=int(width), **opts)
-        self._bank_id: str | None = None
-        self._bank_unit: list[np.ndarray] = []
+        self._banks: collections.OrderedDict[str, list[np.ndarray]] = collections.OrderedDict()
 
     @classmethod
     def from_config(cls, bundle_path: str | Path, backend=None, verdict_mode: str = "first_token", **kw) -> Inspector:
@@ -78,6 +105,12 @@ class Inspector:
         p = self.preprocess
         x, t = preprocess(frame, p.size, p.resize, p.mean, p.std)
         return x[None], t
+
+    def prepare(self, frame: np.ndarray) -> Prepared:
+        """The preprocessing of one frame, alone: thread-safe, so a camera's thread can do it ahead."""
+        t = time.perf_counter()
+        x, transform = self._input(frame)
+        return Prepared(x[0], transform, (time.perf_counter() - t) * 1e3)
 
     def taps(self, image_bgr: np.ndarray) -> list[np.ndarray]:
         """One image's raw taps [(N_k, W_k)]: what a normal-shot bank is made of."""
@@ -105,14 +138,18 @@ class Inspector:
 
     # ---- the per-frame path ---------------------------------------------------------------------
     def _unit_bank(self, pack: ProductPack) -> list[np.ndarray]:
-        # Normalising the bank is per pack, not per frame: redo it only when the pack changes.
-        if pack.bank_id != self._bank_id:
-            self._bank_unit = [l2_rows(b) for b in pack.bank]
-            self._bank_id = pack.bank_id
-        return self._bank_unit
+        # Normalising the bank is per pack, not per frame: done once per pack (a few cameras' packs kept).
+        bank = self._banks.get(pack.bank_id)
+        if bank is None:
+            bank = self._banks[pack.bank_id] = [l2_rows(b) for b in pack.bank]
+            while len(self._banks) > BANK_CACHE:
+                self._banks.popitem(last=False)
+        else:
+            self._banks.move_to_end(pack.bank_id)
+        return bank
 
     def anomaly_map(self, taps: list[np.ndarray], pack: ProductPack) -> np.ndarray:
-        """(B,224,224) for batch taps [(B,N_k,W_k)]."""
+        """(B,224,224) for batch taps [(B,N_k,W_k)] of frames judged as `pack`."""
         if pack.bank:
             bank = self._unit_bank(pack)
             return np.stack([bank_map([t[b] for t in taps], bank, self.grids, normalised_bank=True) for b in range(taps[0].shape[0])])
@@ -120,8 +157,39 @@ class Inspector:
             raise AgptError(f"product {pack.name!r} has neither normal shots nor text features")
         return self.vision.decoder_map(taps, pack.text_feats)
 
-    def judge(self, frame: np.ndarray, pack: ProductPack, question: str | None = None) -> Judgement:
+    def judge(self, frame: np.ndarray | Prepared, pack: ProductPack, question: str | None = None) -> Judgement:
+        return self._judge([frame], [pack], [question])[0]
+
+    def judge_batch(self, frames: Sequence[np.ndarray | Prepared], packs: Sequence[ProductPack] | ProductPack,
+                    questions: Sequence[str | None] | None = None) -> list[Judgement]:
+        """Frames of several cameras at once, each with its own pack (and question): one encoder call, one
+        prompt-learner call, one LLM batch. Same judgements as judge() one by one (tests/test_batch.py).
+        A frame that cannot be preprocessed fails the call (AgptError naming its index)."""
+        frames = list(frames)
+        packs = [packs] * len(frames) if isinstance(packs, ProductPack) else list(packs)
+        questions = [None] * len(frames) if questions is None else list(questions)
+        if not (len(frames) == len(packs) == len(questions)):
+            raise AgptError(f"judge_batch: {len(frames)} frames, {len(packs)} packs, {len(questions)} questions")
+        if not frames:
+            return []
+        return self._judge(frames, packs, questions)
+
+    def _prepared(self, frames: list) -> list[Prepared]:
+        out = []
+        for i, f in enumerate(frames):
+            if isinstance(f, Prepared):
+                out.append(f)
+                continue
+            try:
+                out.append(self.prepare(f))
+            except AgptError as e:
+                raise AgptError(f"frame {i} of the batch: {e}" if len(frames) > 1 else str(e)) from None
+        return out
+
+    def _judge(self, frames: list, packs: list[ProductPack], questions: list[str | None]) -> list[Judgement]:
+        n = len(frames)
         lat: dict[str, float] = {}
+        prep = self._prepared(frames)
         t = time.perf_counter()
 
         def lap(name: str) -> None:
@@ -130,39 +198,77 @@ class Inspector:
             lat[name] = (now - t) * 1e3
             t = now
 
-        x, transform = self._input(frame)
-        lap("preprocess")
+        x = np.stack([p.x for p in prep]) if n > 1 else prep[0].x[None]
         emb, taps = self.vision.encode(x)
         lap("encoder")
-        amap = self.anomaly_map(taps, pack)
+        amap = self._maps(taps, packs)
         lap("map")
-        m = amap[0].astype(np.float32)
-        score = float(m.max())
+        maps = [amap[i].astype(np.float32) for i in range(n)]
+        scores = [float(m.max()) for m in maps]
+
+        def timings(i: int) -> dict[str, float]:
+            return {"preprocess": prep[i].ms, **lat}
+
         if self.llm is None:
-            return self._calibrated(m, score, pack, lat, transform)
+            return [self._calibrated(maps[i], scores[i], packs[i], timings(i), prep[i].transform, n) for i in range(n)]
         P, E = self.vision.prompts(amap, emb)
         lap("prompt")
         from .llm import FrameContext
 
-        ctx = FrameContext(E[0], P[0])
-        q = question or product_question(pack.description)
+        qs = [q or product_question(pk.description) for q, pk in zip(questions, packs)]
+        ctxs = [FrameContext(E[i], P[i]) for i in range(n)]
         if self.verdict_mode == "first_token":
-            p = self.llm.first_token(E[0], P[0], q).p_anomaly
+            if n == 1:
+                firsts = [self.llm.first_token(E[0], P[0], qs[0])]
+            else:
+                firsts = self.llm.first_token_batch([(E[i], P[i], qs[i]) for i in range(n)])
             lap("llm")
-            verdict = p > 0.5  # the model's own decision: ' Yes' more likely than ' No'
-            locations = [peak_location(m)] if verdict else []
-            return Judgement(verdict, p, score, None, locations, m, "llm-first_token", lat, transform, ctx)
-        ans = self.llm.answer(E[0], P[0], q)
+            out = []
+            for i, ft in enumerate(firsts):
+                p = ft.p_anomaly
+                verdict = p > 0.5  # the model's own decision: ' Yes' more likely than ' No'
+                locations = [peak_location(maps[i])] if verdict else []
+                out.append(Judgement(verdict, p, scores[i], None, locations, maps[i], "llm-first_token", timings(i),
+                                     prep[i].transform, ctxs[i], n))
+            return out
+        if n == 1:
+            answers = [self.llm.answer(E[0], P[0], qs[0], self.max_new_tokens)]
+        else:
+            answers = self.llm.answer_batch([(E[i], P[i], qs[i]) for i in range(n)], self.max_new_tokens)
         lap("llm")
-        verdict, locations = parse_answer(ans.text)
-        return Judgement(verdict, ans.p_anomaly, score, ans.text, locations, m, "llm-answer", lat, transform, ctx)
+        prefill = getattr(answers[0], "prefill_ms", 0.0)
+        if prefill:
+            lat["llm_prefill"], lat["llm_decode"] = prefill, max(lat["llm"] - prefill, 0.0)
+        out = []
+        for i, ans in enumerate(answers):
+            verdict, locations = parse_answer(ans.text)
+            out.append(Judgement(verdict, ans.p_anomaly, scores[i], ans.text, locations, maps[i], "llm-answer", timings(i),
+                                 prep[i].transform, ctxs[i], n))
+        return out
 
-    def _calibrated(self, m, score, pack, lat, transform) -> Judgement:
+    def _maps(self, taps: list[np.ndarray], packs: list[ProductPack]) -> np.ndarray:
+        """(B,224,224): frames sharing a pack are mapped together (one decoder call per product)."""
+        if len(packs) == 1:
+            return self.anomaly_map(taps, packs[0])
+        groups: dict[str, list[int]] = {}
+        for i, pk in enumerate(packs):
+            groups.setdefault(pk.bank_id, []).append(i)
+        out = None
+        for idx in groups.values():
+            sel = np.asarray(idx)
+            m = self.anomaly_map([t[sel] for t in taps], packs[idx[0]])
+            if out is None:
+                out = np.empty((len(packs), *m.shape[1:]), m.dtype)
+            out[sel] = m
+        return out
+
+    def _calibrated(self, m, score, pack, lat, transform, batch: int = 1) -> Judgement:
         threshold = pack.calibration.get("threshold")
         if threshold is None:
-            return Judgement(None, None, score, None, [], m, "none", lat, transform)
+            return Judgement(None, None, score, None, [], m, "none", lat, transform, batch=batch)
         verdict = score > float(threshold)
-        return Judgement(verdict, None, score, None, [peak_location(m)] if verdict else [], m, "calibrated-score", lat, transform)
+        return Judgement(verdict, None, score, None, [peak_location(m)] if verdict else [], m, "calibrated-score", lat, transform,
+                         batch=batch)
 
     def ask(self, ctx, question: str) -> str:
         """An operator's follow-up question about a judged frame (daemon FrameContext or Judgement)."""
@@ -172,4 +278,4 @@ class Inspector:
         llm_ctx = getattr(judgement, "llm_context", None)
         if llm_ctx is None:
             raise AgptError("that frame was not judged by the LLM")
-        return self.llm.ask(llm_ctx, question).text
+        return self.llm.ask(llm_ctx, question, self.max_new_tokens).text

@@ -11,6 +11,12 @@ llama.cpp's lookup) and decodes the frame as ONE embedding batch; a GGUF whose t
 read falls back to four decodes (E_img, middle tokens, prompt rows, question tokens), same result. A verdict needs only that prefill (`first_token`:
 the logits of ' Yes' and ' No'); the full answer (`answer`) continues greedily with the reference's
 stop rule.
+
+Several cameras: a context with n_seq_max > 1 decodes the frames of N cameras as N parallel sequences of
+ONE llama.cpp batch (`first_token_batch`, `answer_batch`). The prefix lives in sequence 0; sequence s
+gets it by llama_memory_seq_cp (a unified KV cache: the cells are shared, nothing is recomputed), and
+each sequence's rows continue from the prefix's positions. Sequences never see each other's cells (the
+attention mask is per sequence), so a batched frame gives the logits it gives alone.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import ctypes
 import os
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -119,6 +126,7 @@ class Answer:
     tokens: list[int]  # every generated token, the stop token included
     stopped: str  # 'stop' ('##'), 'eos', or 'length'
     p_anomaly: float  # from the first step's logits, free with every answer
+    prefill_ms: float = 0.0  # wall time of the prefill (the rest of the call is token-by-token decoding)
 
 
 @dataclass
@@ -143,12 +151,14 @@ class LlmSession:
     kv_f32 and flash_attn=False give transformers parity to ~1e-5 (tests); the defaults (F16 KV) are
     what a line device runs. `n_embd`, when given, is the width the bundle's prompt learner produces.
     Greedy decoding is deterministic; `seed` is kept for interface stability and unused.
+    n_seq_max > 1 (one sequence per camera) sizes the context for that many frames at once: n_ctx is
+    then per sequence, and the unified KV cache holds n_ctx * n_seq_max cells.
     """
 
     def __init__(self, gguf_path: str | Path, layout: PromptLayout, n_ctx: int = 2048, n_threads: int | None = None,
                  n_batch: int = 512, kv_f32: bool = False, flash_attn: bool = False, seed: int = 0,
                  n_embd: int | None = None, n_gpu_layers: int | None = None, verbose: bool = False,
-                 single_batch: bool = True):
+                 single_batch: bool = True, n_seq_max: int = 1):
         global _VERBOSE
         _VERBOSE = verbose
         ll = self._ll = llama_cpp_module()
@@ -173,10 +183,17 @@ class LlmSession:
             self.close()
             raise AgptError(f"{self.path}: the prompt layout names token ids outside this GGUF's {self.n_vocab}-token vocabulary")
 
+        if not 1 <= int(n_seq_max) <= 256:
+            self.close()
+            raise AgptError(f"n_seq_max {n_seq_max}: expected 1 to 256 sequences (one per camera)")
+        self.n_seq_max = int(n_seq_max)
         cp = ll.llama_context_default_params()
-        cp.n_ctx = n_ctx
+        cp.n_ctx = n_ctx * self.n_seq_max
         cp.n_batch = cp.n_ubatch = n_batch
-        cp.n_seq_max = 1
+        cp.n_seq_max = self.n_seq_max
+        # One buffer for all sequences: llama_memory_seq_cp then shares the prefix cells instead of copying
+        # a whole per-sequence stream, and a batch of N frames needs no equal-length split.
+        cp.kv_unified = self.n_seq_max > 1
         cp.n_threads = cp.n_threads_batch = n_threads or os.cpu_count() or 1
         cp.no_perf = True
         cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
@@ -186,17 +203,20 @@ class LlmSession:
         if not self._ctx:
             self.close()
             raise AgptError(f"{self.path}: llama.cpp cannot create a context (n_ctx {n_ctx}): {last_log_line()}")
-        self.n_ctx = int(ll.llama_n_ctx(self._ctx))
+        self.n_ctx = int(ll.llama_n_ctx(self._ctx)) // self.n_seq_max  # positions one sequence may use
         self.n_batch = n_batch
         self._mem = ll.llama_get_memory(self._ctx)
-        # Two reusable batches: token ids, and embedding rows (token left NULL). One sequence (id 0).
+        # Two reusable batches: token ids, and embedding rows (token left NULL). One sequence id per row;
+        # _seq_ids mirrors what each batch's rows hold, so only changed ids are written (none for one camera).
         self._tok = ll.llama_batch_init(n_batch, 0, 1)
         self._emb = ll.llama_batch_init(n_batch, self.n_embd, 1)
         self._batches = [self._tok, self._emb]
+        self._seq_ids = [np.zeros(n_batch, np.int32), np.zeros(n_batch, np.int32)]
         for b in self._batches:
             for i in range(n_batch):
                 b.n_seq_id[i] = 1
                 b.seq_id[i][0] = 0
+        self._prefixed = {0}  # sequences whose cache holds the prefix
         self._questions: collections.OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = collections.OrderedDict()
         table = read_token_embeddings(self.path) if single_batch else None
         if table is not None and (table.n_embd, table.n_vocab) != (self.n_embd, self.n_vocab):
@@ -272,23 +292,34 @@ class LlmSession:
         return seg
 
     def _decode(self, data: np.ndarray, pos0: int, want: str) -> np.ndarray | None:
-        """Decode token ids (1-D int32) or embedding rows (2-D float32) at positions pos0.., chunked to n_batch.
+        """Decode token ids (1-D int32) or embedding rows (2-D float32) of sequence 0 at positions pos0..
 
         want: 'none', 'last' (logits of the final row, (n_vocab,)) or 'all' ((n, n_vocab)).
         """
-        ll = self._ll
         n = data.shape[0]
         if pos0 + n > self.n_ctx:
             raise AgptError(f"prompt of {pos0 + n} positions exceeds the LLM context of {self.n_ctx}")
-        is_emb = data.ndim == 2
-        batch = self._emb if is_emb else self._tok
-        data = np.ascontiguousarray(data, dtype=np.float32 if is_emb else np.int32)
         flags = np.zeros(n, np.int8)
         if want == "all":
             flags[:] = 1
         elif want == "last":
             flags[-1] = 1
-        pos = np.arange(pos0, pos0 + n, dtype=np.int32)
+        out = self._decode_rows(data, np.arange(pos0, pos0 + n, dtype=np.int32), np.zeros(n, np.int32), flags)
+        if want == "none":
+            return None
+        return out[-1] if want == "last" else np.stack(out)
+
+    def _decode_rows(self, data: np.ndarray, pos: np.ndarray, seq: np.ndarray, flags: np.ndarray) -> list[np.ndarray]:
+        """One llama_decode per n_batch rows: token ids (1-D) or embedding rows (2-D), each row with its own
+        position and sequence id; returns the logits of the flagged rows, in row order."""
+        ll = self._ll
+        n = data.shape[0]
+        is_emb = data.ndim == 2
+        k = 1 if is_emb else 0
+        batch, mirror = self._batches[k], self._seq_ids[k]
+        data = np.ascontiguousarray(data, dtype=np.float32 if is_emb else np.int32)
+        pos = np.ascontiguousarray(pos, np.int32)
+        flags = np.ascontiguousarray(flags, np.int8)
         out = []
         for s in range(0, n, self.n_batch):
             m = min(self.n_batch, n - s)
@@ -299,6 +330,9 @@ class LlmSession:
                 ctypes.memmove(batch.token, chunk.ctypes.data, chunk.nbytes)
             ctypes.memmove(batch.pos, pos[s : s + m].ctypes.data, 4 * m)
             ctypes.memmove(batch.logits, flags[s : s + m].ctypes.data, m)
+            for i in np.flatnonzero(mirror[:m] != seq[s : s + m]):
+                batch.seq_id[int(i)][0] = int(seq[s + i])
+                mirror[i] = seq[s + i]
             batch.n_tokens = m
             rc = ll.llama_decode(self._ctx, batch)
             if rc != 0:
@@ -306,9 +340,7 @@ class LlmSession:
             for j in np.flatnonzero(flags[s : s + m]):
                 ptr = ll.llama_get_logits_ith(self._ctx, int(j))
                 out.append(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
-        if want == "none":
-            return None
-        return out[-1] if want == "last" else np.stack(out)
+        return out
 
     def _rows(self, x, n_rows: int, what: str) -> np.ndarray:
         a = np.asarray(x, dtype=np.float32).reshape(-1, self.n_embd) if np.size(x) % self.n_embd == 0 else None
@@ -316,25 +348,74 @@ class LlmSession:
             raise ValueError(f"{what}: expected {n_rows} rows of width {self.n_embd}, got shape {np.shape(x)}")
         return a
 
-    def _prefill(self, img_embed, prompts, text: str, want: str) -> tuple[np.ndarray, int]:
-        """Everything after the cached prefix; returns (logits, next position)."""
+    def _start_sequence(self, seq: int) -> None:
+        """Drop what follows the prefix in `seq` (the previous frame); give the prefix to a new sequence."""
+        mem = self._mem
+        self._ll.llama_memory_seq_rm(mem, seq, self.n_prefix, -1)
+        if seq not in self._prefixed:
+            self._ll.llama_memory_seq_rm(mem, seq, -1, -1)
+            self._ll.llama_memory_seq_cp(mem, 0, seq, 0, self.n_prefix)
+            self._prefixed.add(seq)
+
+    def _segments(self, img_embed, prompts, text: str) -> list[np.ndarray]:
+        """One frame's rows after the prefix: a single embedding block when the token table is known, else
+        the four segments (E_img rows, middle ids, prompt rows, question ids)."""
         lay = self.layout
         img = self._rows(img_embed, lay.n_img_rows, "img_embed")
         p = self._rows(prompts, lay.n_prompt_rows, "prompts")
         q = self._question(text)
-        self._ll.llama_memory_seq_rm(self._mem, 0, self.n_prefix, -1)  # drop the previous frame
-        pos = self.n_prefix
         if self._table is not None:
-            rows = np.concatenate([img, self._middle[1], p, q[1]])
-            return self._decode(rows, pos, want), pos + rows.shape[0]
-        segments = [d for d in (img, self._middle[0], p, q[0]) if d.shape[0]]
-        parts = []
-        for i, data in enumerate(segments):
-            # logits only where asked: the output head is a large matmul (32001 x 4096 for 7B)
-            w = want if want == "all" or i == len(segments) - 1 else "none"
-            parts.append(self._decode(data, pos, w))
-            pos += data.shape[0]
-        return (parts[-1] if want == "last" else np.concatenate(parts)), pos
+            return [np.concatenate([img, self._middle[1], p, q[1]])]
+        return [img, self._middle[0], p, q[0]]
+
+    def _prefill_many(self, frames: list[tuple], want: str) -> tuple[list[np.ndarray], list[int]]:
+        """Frames [(img_embed, prompts, text)] as sequences 0..N-1 of one batch (one per segment kind when
+        the token table is unknown). Returns per frame: logits ('last': (n_vocab,), 'all': (n, n_vocab))
+        and its next position."""
+        if len(frames) > self.n_seq_max:
+            raise AgptError(f"{len(frames)} frames in one batch, the LLM context holds {self.n_seq_max} sequences")
+        segs = [self._segments(*f) for f in frames]
+        for s, seg in enumerate(segs):
+            total = self.n_prefix + sum(d.shape[0] for d in seg)
+            if total > self.n_ctx:
+                raise AgptError(f"prompt of {total} positions exceeds the LLM context of {self.n_ctx}")
+        for s in range(len(frames)):
+            self._start_sequence(s)
+        # the last row of each frame's last non-empty segment carries its first-token logits
+        last_k = [max(k for k, d in enumerate(seg) if d.shape[0]) for seg in segs]
+        next_pos = [self.n_prefix] * len(frames)
+        logits: list[list[np.ndarray]] = [[] for _ in frames]
+        for k in range(len(segs[0])):
+            parts, pos, seq, flags = [], [], [], []
+            for s, seg in enumerate(segs):
+                d = seg[k]
+                n = d.shape[0]
+                if not n:
+                    continue
+                f = np.zeros(n, np.int8)
+                if want == "all":
+                    f[:] = 1
+                elif want == "last" and k == last_k[s]:
+                    f[-1] = 1  # logits only where asked: the output head is a large matmul (32001 x 4096 for 7B)
+                parts.append(d)
+                pos.append(np.arange(next_pos[s], next_pos[s] + n, dtype=np.int32))
+                seq.append(np.full(n, s, np.int32))
+                flags.append(f)
+                next_pos[s] += n
+            if not parts:
+                continue
+            flags_all = np.concatenate(flags)
+            seq_all = np.concatenate(seq)
+            out = self._decode_rows(np.concatenate(parts), np.concatenate(pos), seq_all, flags_all)
+            for s, row in zip(seq_all[flags_all.astype(bool)], out):
+                logits[int(s)].append(row)
+        result = [(ls[-1] if want == "last" else np.stack(ls)) if want != "none" else None for ls in logits]
+        return result, next_pos
+
+    def _prefill(self, img_embed, prompts, text: str, want: str) -> tuple[np.ndarray, int]:
+        """Everything after the cached prefix, as sequence 0; returns (logits, next position)."""
+        logits, pos = self._prefill_many([(img_embed, prompts, text)], want)
+        return logits[0], pos[0]
 
     # ---------------------------------------------------------------- API
 
@@ -344,10 +425,31 @@ class LlmSession:
             logits, _ = self._prefill(img_embed, prompts, question_text(question), "last")
         return _p_yes(logits, self.layout)
 
+    def first_token_batch(self, frames: list[tuple]) -> list[FirstToken]:
+        """first_token for several frames [(img_embed, prompts, question)], decoded as parallel sequences of
+        one llama.cpp batch (groups of n_seq_max frames when there are more). Same values as one by one."""
+        out: list[FirstToken] = []
+        with self._lock:
+            for g in range(0, len(frames), self.n_seq_max):
+                group = [(e, p, question_text(q)) for e, p, q in frames[g : g + self.n_seq_max]]
+                logits, _ = self._prefill_many(group, "last")
+                out += [_p_yes(lg, self.layout) for lg in logits]
+        return out
+
+    def answer_batch(self, frames: list[tuple], max_new_tokens: int | None = None) -> list[Answer]:
+        """answer for several frames [(img_embed, prompts, question)]: one batched prefill, then one decode
+        per step holding the next token of every sequence still generating."""
+        out: list[Answer] = []
+        for g in range(0, len(frames), self.n_seq_max):
+            group = [(e, p, question_text(q)) for e, p, q in frames[g : g + self.n_seq_max]]
+            out += self._generate_many(group, max_new_tokens)
+        return out
+
     def logits_all(self, img_embed, prompts, question: str) -> np.ndarray:
         """(T, n_vocab) logits at every position of the prompt, BOS included (parity tests)."""
         with self._lock:
             self._ll.llama_memory_clear(self._mem, True)
+            self._prefixed = {0}
             head = self._decode(np.asarray(self.layout.prefix_tokens, np.int32), 0, "all")
             rest, _ = self._prefill(img_embed, prompts, question_text(question), "all")
         return np.concatenate([head, rest])
@@ -363,23 +465,38 @@ class LlmSession:
         return ans
 
     def _generate(self, img_embed, prompts, text: str, max_new_tokens: int | None) -> Answer:
+        return self._generate_many([(img_embed, prompts, text)], max_new_tokens)[0]
+
+    def _generate_many(self, frames: list[tuple], max_new_tokens: int | None) -> list[Answer]:
         lay = self.layout
         limit = lay.max_new_tokens if max_new_tokens is None else max_new_tokens
+        n = len(frames)
         with self._lock:
-            logits, pos = self._prefill(img_embed, prompts, text, "last")
-            first = _p_yes(logits, lay)
-            tokens: list[int] = []
-            stopped = "length"
-            while len(tokens) < limit:
-                t = int(np.argmax(logits))  # first maximum, as torch.argmax
-                tokens.append(t)
-                if t == lay.stop_token or t == lay.eos_token:
-                    stopped = "stop" if t == lay.stop_token else "eos"
+            t0 = time.perf_counter()
+            logits, pos = self._prefill_many(frames, "last")
+            prefill_ms = (time.perf_counter() - t0) * 1e3
+            first = [_p_yes(lg, lay) for lg in logits]
+            tokens: list[list[int]] = [[] for _ in range(n)]
+            stopped = ["length"] * n
+            active = list(range(n)) if limit > 0 else []
+            while active:
+                feed = []
+                for s in active:
+                    t = int(np.argmax(logits[s]))  # first maximum, as torch.argmax
+                    tokens[s].append(t)
+                    if t == lay.stop_token or t == lay.eos_token:
+                        stopped[s] = "stop" if t == lay.stop_token else "eos"
+                    elif len(tokens[s]) < limit and pos[s] < self.n_ctx:
+                        feed.append(s)
+                active = feed
+                if not active:
                     break
-                if len(tokens) == limit or pos >= self.n_ctx:
-                    break
-                logits = self._decode(np.asarray([t], np.int32), pos, "last")
-                pos += 1
+                ids = np.asarray([tokens[s][-1] for s in active], np.int32)
+                rows = self._decode_rows(ids, np.asarray([pos[s] for s in active], np.int32), np.asarray(active, np.int32),
+                                         np.ones(len(active), np.int8))
+                for s, lg in zip(active, rows):
+                    logits[s] = lg
+                    pos[s] += 1
         # The reference decodes outputs[0][:-2]: for a trained model that drops the '\n' '##' ending; it
         # drops two tokens whatever the stop reason, and so does this.
-        return Answer(self.detokenize(tokens[:-2]).strip(), tokens, stopped, first.p_anomaly)
+        return [Answer(self.detokenize(tokens[s][:-2]).strip(), tokens[s], stopped[s], first[s].p_anomaly, prefill_ms) for s in range(n)]

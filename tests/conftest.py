@@ -21,3 +21,15 @@ def cookie() -> Path:
     if not root.is_dir():
         pytest.skip(f"dataset folder {root} is absent (it sits beside the repo as ../shared/datasets)")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_ckpt, tmp_path_factory) -> Path:
+    """The tiny checkpoints exported as a full AnomalyGPT bundle (F32 GGUF, for exact parity)."""
+    from export.bundle_writer import export_bundle
+
+    out = tmp_path_factory.mktemp("bundles") / "tiny"
+    return export_bundle(tiny_ckpt, out, products={"cookie": COOKIE_DESCRIPTION}, quant="F32", progress=lambda *_: None)
+
+
+COOKIE_DESCRIPTION = "This is a photo of a cookie for anomaly detection, which should be round, without any crack or damage."

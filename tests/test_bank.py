@@ -6,7 +6,6 @@ import argparse
 import errno
 import io
 import json
-import os
 import sys
 import zipfile
 from pathlib import Path
@@ -19,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _daemon_fakes import ENCODER_SHA, N_TAPS, TAP_W, TEXT_DIM, FakeInspector
 
 from runtime import bank
-from runtime.bank import PACK_FILE, PackSpec, ProductPack, ProductStore, build_pack, read_pack, write_pack
+from runtime.bank import PACK_FILE, PackSpec, ProductStore, build_pack, read_pack, write_pack
 from runtime.errors import AgptError
 
 SPEC = PackSpec(ENCODER_SHA, (TAP_W,) * N_TAPS, TEXT_DIM)

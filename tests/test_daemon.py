@@ -12,7 +12,6 @@ import random
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -625,3 +624,65 @@ def test_frames_limit_and_the_run_cli(bundle, tmp_path, monkeypatch, capsys):
     assert daemon_mod.run(p.parse_args(["--config", str(cfg_file), "--frames", "9"])) == 0
     out = capsys.readouterr().out
     assert "stopped (frames): 9 frames judged" in out
+
+
+def test_sigkill_after_a_swap_restart_resumes_consistently(bundle, tmp_path):
+    pub, ctl_ep = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/ctl"
+    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), bundle=str(bundle), pub=pub, ctl=ctl_ep, delay=0.0)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        with ResultSubscriber(pub, TOPICS) as sub:
+            collect(sub, lambda b: len(b["results"]) >= 3, timeout=30)
+            assert request(ctl_ep, {"cmd": "swap_bank", "product": "gadget"}, 10)["ok"]
+            collect(sub, lambda b: any(m.header.product == "gadget" for m in b["results"]))
+        proc.kill()  # no shutdown at all
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = [p.name for p in (bundle / "products").rglob("*tmp*")]
+    assert leftovers == []
+    with running(daemon_config(bundle), FakeInspector(), CountingSource(period=0.005)) as d:
+        assert d.pack.name == "gadget"
+        assert ctl(d, {"cmd": "swap_bank", "product": "widget"})["ok"]
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.skipif(not os.environ.get("AGPT_SOAK_FRAMES"), reason="soak run: set AGPT_SOAK_FRAMES=20000")
+def test_soak_memory_stays_flat(bundle):
+    n = int(os.environ["AGPT_SOAK_FRAMES"])
+    gate = threading.Event()
+    d = Daemon(daemon_config(bundle, sndhwm=1000), inspector=FakeInspector(), source=CountingSource(n=n, gate=gate, shape=(480, 640)))
+    d.start()
+    rss = {}
+    with ResultSubscriber(d.publish_endpoint, TOPICS) as sub:
+        try:
+            connected(sub)
+            gate.set()
+            got, next_swap, swaps = 0, 5000, 0
+            while not d.wait(0):
+                m = sub.recv(0.1)
+                got += m is not None and hasattr(m, "header")
+                if "warm" not in rss and d.judged >= min(2000, n // 10):
+                    rss["warm"] = _rss_kib()
+                if d.judged >= next_swap:  # changeovers during the soak too
+                    swaps += ctl(d, {"cmd": "swap_bank", "product": ["gadget", "widget"][swaps % 2]})["ok"]
+                    next_swap += 5000
+            rss["end"] = _rss_kib()
+            stopper = threading.Thread(target=d.shutdown)
+            stopper.start()
+            got += len(collect(sub, final_seen)["results"])
+            stopper.join()
+        finally:
+            d.shutdown()
+    growth = (rss["end"] - rss["warm"]) / rss["warm"]
+    print(f"soak: {d.judged} frames, {got} received, {swaps} swaps, RSS {rss['warm']} -> {rss['end']} KiB ({100 * growth:+.2f}%)")
+    assert d.judged == n and got + sum(sub.lost.values()) == n and growth < 0.05

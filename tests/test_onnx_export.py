@@ -223,3 +223,25 @@ def test_verify_report(bundle_dir, ckpt, tmp_path, capsys):
     assert set(r["outputs"]) >= {"emb", "tap0", "tap3", "M_dec", "M_fs", "P", "E_img", "text_feats"}
     assert all(s["max_abs"] <= TOL for s in r["outputs"].values())
     assert r["cells"]["M_fs"] == [True, True]
+
+
+def test_backend_guards(bundle_dir, tmp_path):
+    import importlib.util
+
+    from runtime.backends import open_engine
+    from runtime.backends.onnxruntime import resolve_providers
+
+    if importlib.util.find_spec("tensorrt") is None:
+        f = tmp_path / "x.engine"
+        f.write_bytes(b"\0")
+        with pytest.raises(AgptError, match="TensorRT is not installed"):
+            open_engine(f, backend="tensorrt")
+    with pytest.raises(AgptError, match="unknown backend"):
+        open_engine(bundle_dir / "decoder.onnx", backend="openvino")
+    with pytest.raises(AgptError, match="cannot load"):
+        open_engine(bundle_dir / "bundle.json")
+    providers = resolve_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider"])
+    assert providers[-1] == "CPUExecutionProvider"
+    # a bundle without engines for this device says how to build them
+    with pytest.raises(AgptError, match="agpt export trt"):
+        VisionEngines(load_bundle(bundle_dir, verify=False), backend="tensorrt", engine_tag="sm87-trt10.3", graphs=("encoder",))

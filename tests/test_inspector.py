@@ -1,0 +1,70 @@
+"""The runtime's per-frame path (ONNX graphs + numpy maps + llama.cpp) against the PyTorch oracle."""
+
+import numpy as np
+import pytest
+
+from export.reference import Reference
+from runtime.bank import ProductPack, build_pack
+from runtime.errors import AgptError
+from runtime.inspector import Inspector
+from runtime.preprocess import load_image
+
+from conftest import COOKIE_DESCRIPTION
+
+N_TOKENS = 16  # random weights never say '##': cap both sides at the length of a real answer
+
+
+@pytest.fixture(scope="module")
+def ref(tiny_ckpt):
+    return Reference(tiny_ckpt)
+
+
+@pytest.fixture(scope="module")
+def insp(tiny_bundle):
+    return Inspector.from_config(tiny_bundle, None, "answer", llm_options=dict(kv_f32=True), max_new_tokens=N_TOKENS)
+
+
+@pytest.fixture(scope="module")
+def frames(cookie):
+    return sorted((cookie / "test" / "good").glob("*.png"))[:2] + sorted((cookie / "test" / "cracked").glob("*.png"))[:2]
+
+
+def _text_pack(insp):
+    return ProductPack("cookie", COOKIE_DESCRIPTION, [], insp.text_features("cookie"), {"encoder_sha256": insp.encoder_sha256})
+
+
+def test_decoder_path_matches_the_oracle(ref, insp, frames):
+    pack = _text_pack(insp)
+    for f in frames:
+        r = ref.run(f, product="cookie", description=COOKIE_DESCRIPTION, max_new_tokens=N_TOKENS)
+        j = insp.judge(load_image(f), pack)
+        assert np.abs(j.map - r.map).max() <= 1e-4
+        assert abs(j.p_anomaly - r.p_anomaly) <= 1e-4
+        assert j.llm_context is not None and j.judge == "llm-answer"
+        assert j.answer == r.answer  # same greedy tokens, same text
+
+
+def test_bank_path_matches_the_oracle(ref, insp, frames, cookie):
+    shots = sorted((cookie / "train" / "good").glob("*.png"))[:2]
+    pack = build_pack(insp, "cookie", COOKIE_DESCRIPTION, shots)
+    assert pack.bank and pack.text_feats is not None
+    for f in frames[1:3]:
+        r = ref.run(f, product="cookie", description=COOKIE_DESCRIPTION, shots=shots, max_new_tokens=N_TOKENS)
+        j = insp.judge(load_image(f), pack)
+        assert np.abs(j.map - r.map).max() <= 1e-4
+        assert j.answer == r.answer
+
+
+def test_first_token_mode_and_follow_up(tiny_bundle, frames):
+    fast = Inspector.from_config(tiny_bundle, None, "first_token", llm_options=dict(kv_f32=True), max_new_tokens=4)
+    j = fast.judge(load_image(frames[0]), _text_pack(fast))
+    assert j.judge == "llm-first_token" and j.answer is None and 0 <= j.p_anomaly <= 1
+    assert j.verdict == (j.p_anomaly > 0.5) and (len(j.locations) == 1) == j.verdict
+    assert set(j.latency_ms) >= {"preprocess", "encoder", "map", "prompt", "llm"}
+    assert isinstance(fast.ask(j, "Where is the crack?"), str)
+    assert len(j.llm_context.history) == 1
+
+
+def test_bad_frames_are_refused(insp):
+    with pytest.raises(AgptError):
+        insp.judge(np.zeros((10, 10, 7), np.uint8), _text_pack(insp))
