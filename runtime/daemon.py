@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
+import math
+import os
 import queue
 import signal
 import threading
@@ -251,12 +253,21 @@ class Daemon:
             self._ctx.term()
             self._ctx = None
 
+    def _on_signal(self, signum, frame) -> None:
+        name = signal.Signals(signum).name
+        if self._stop.is_set() and self.stop_reason in ("SIGTERM", "SIGINT"):
+            # a second signal while the first one's shutdown is stuck (a frame that never ends): give up now
+            log.error("%s during shutdown: exiting without finishing", name)
+            os._exit(1)
+        log.info("%s: finishing the frame in flight, then stopping", name)
+        self.request_stop(name)
+
     def run(self) -> int:
         """Foreground: start, serve until SIGTERM/SIGINT, the frame limit or the end of a finite source."""
         old = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
-                old[sig] = signal.signal(sig, lambda s, f: self.request_stop(signal.Signals(s).name))
+                old[sig] = signal.signal(sig, self._on_signal)
         try:
             self.start()
             while not self._done.wait(0.2):
@@ -369,6 +380,9 @@ class Daemon:
         latency.update({k: float(v) for k, v in (getattr(j, "latency_ms", None) or {}).items()})
         latency.update(judge=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3, total=(time.monotonic() - frame.capture_mono) * 1e3)
         p = getattr(j, "p_anomaly", None)
+        p = None if p is None or not math.isfinite(float(p)) else float(p)
+        score = float(getattr(j, "score", 0.0))
+        score = score if math.isfinite(score) else 0.0  # a broken map must not make the header unparseable
         header = ResultHeader(
             frame_id=frame.frame_id,
             camera=frame.camera,
@@ -380,8 +394,8 @@ class Daemon:
             capture_time=frame.capture_time,
             publish_time=time.time(),
             verdict=verdict,
-            p_anomaly=None if p is None else float(p),
-            score=float(getattr(j, "score", 0.0)),
+            p_anomaly=p,
+            score=score,
             judge=str(getattr(j, "judge", "")),
             answer=getattr(j, "answer", None),
             locations=list(getattr(j, "locations", None) or []),

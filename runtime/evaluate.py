@@ -138,8 +138,9 @@ def _credit(data: Path, category: str) -> str:
         if line.startswith("#"):
             inside = line.lstrip("#").strip().lower() == category.lower()
             continue
-        if inside and re.search(r"source|licen[cs]e", line, re.I):
-            out.append(line.strip(" -"))
+        if inside and re.search(r"^\W*(source|licen[cs]e)\b", line, re.I):
+            # first sentence only, without a dangling 'folder' that continues on the next line
+            out.append(re.sub(r",\s*folder$", "", re.split(r"(?<=\))\.\s|\.\s", line.strip(" -"))[0]))
     return " | ".join(out)
 
 
@@ -358,7 +359,7 @@ def sheet_png(rows: list[dict], path: Path, credit: str = "") -> Path:
     parts = [header, sheet]
     if credit:
         foot = np.full((22, sheet.shape[1], 3), 255, np.uint8)
-        cv2.putText(foot, credit[:150], (6, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (60, 60, 60), 1, cv2.LINE_AA)
+        cv2.putText(foot, credit[:130], (6, 15), cv2.FONT_HERSHEY_SIMPLEX, 0.38, (60, 60, 60), 1, cv2.LINE_AA)
         parts.append(foot)
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), np.concatenate(parts, axis=0)):

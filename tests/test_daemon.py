@@ -418,6 +418,19 @@ def test_judge_error_is_reported_and_the_line_goes_on(bundle):
     assert final.drops.failed == 1 and final.errors == 1 and final.frames_judged == 11
 
 
+def test_non_finite_model_outputs_still_make_parseable_results(bundle):
+    class NanInspector(FakeInspector):
+        def judge(self, frame_bgr, pack):
+            j = super().judge(frame_bgr, pack)
+            j.score, j.p_anomaly, j.map = float("nan"), float("inf"), np.full((224, 224), np.nan, np.float32)
+            return j
+
+    with running(daemon_config(bundle), NanInspector(), CountingSource(period=0.005)) as d, ResultSubscriber(d.publish_endpoint, TOPICS) as sub:
+        bag = collect(sub, lambda b: len(b["results"]) >= 3)
+    m = bag["results"][0]
+    assert m.header.score == 0.0 and m.header.p_anomaly is None and (m.mask == 0).all() and sub.malformed == 0
+
+
 def test_camera_lost_and_back_events_through_the_daemon(bundle):
     cam = CameraConfig(kind="synthetic", source="t", reopen_backoff_s=0.01, reopen_backoff_max_s=0.05)
     src = FlakySource()

@@ -1,0 +1,118 @@
+"""`agpt demo --config configs/demo.yaml [--frames N]`: the README's main job in one command.
+
+Makes what a fresh machine lacks (the bundle, the product's pack from the synthetic line's normal parts),
+then runs the real daemon and a real subscriber over ZeroMQ on loopback, one printed line per frame.
+The daemon starts paused and is resumed once the subscriber has its first status (the zguide's answer
+to the slow-joiner problem), so no result of a bounded run is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import threading
+from pathlib import Path
+
+from .config import DaemonConfig, load_config
+from .control import request
+from .errors import AgptError
+from .subscribe import ResultMessage, ResultSubscriber, StatusMessage, format_result
+
+
+def ensure_bundle(cfg: DaemonConfig, progress=print) -> None:
+    if (cfg.bundle / "bundle.json").is_file():
+        return
+    if cfg.demo is None:
+        raise AgptError(f"{cfg.bundle}: no bundle, and the config has no `demo:` section saying how to make one")
+    progress(f"[demo] no bundle at {cfg.bundle}: making one ({cfg.demo.bundle_from}); this needs the export extra (torch)")
+    if cfg.demo.bundle_from == "lite":
+        from export.lite import export_lite
+
+        export_lite(out=cfg.bundle, progress=progress)
+    else:
+        from export.bundle_writer import export_bundle
+        from export.tiny import make_tiny
+
+        ckpt = make_tiny(cfg.bundle.parent / f"{cfg.bundle.name}_ckpt", progress=progress)
+        export_bundle(ckpt, cfg.bundle, products={cfg.product: cfg.demo.description}, quant=cfg.demo.quant, progress=progress)
+
+
+def ensure_product(cfg: DaemonConfig, progress=print) -> None:
+    """A pack for the config's product, from the synthetic line's own normal parts (never its defects)."""
+    if (cfg.bundle / "products" / cfg.product / "pack.npz").is_file():
+        return
+    if cfg.camera.kind != "synthetic":
+        raise AgptError(f"product {cfg.product!r} has no pack: build one with 'agpt bank build' (the demo only makes packs for a synthetic line)")
+    from .bank import PackSpec, ProductStore, build_pack
+    from .inspector import Inspector
+    from .synthetic import make_source
+
+    n = cfg.demo.shots if cfg.demo else 4
+    progress(f"[demo] setting up product {cfg.product!r} from {n} normal shots")
+    source = make_source(cfg.camera.source, cfg.camera.loop, **cfg.camera.options)
+    shots = source.normal_shots(n)
+    insp = Inspector.from_config(cfg.bundle, cfg.backend, cfg.verdict_mode)
+    description = cfg.demo.description if cfg.demo else ""
+    pack = build_pack(insp, cfg.product, description, shots)
+    ProductStore(cfg.bundle / "products", PackSpec.from_inspector(insp), dict(insp.manifest_products)).save(pack, replace=True)
+    progress(f"[demo] pack {pack.bank_id} written; calibration: {pack.calibration or 'none (the LLM judges)'}")
+
+
+def watch(cfg: DaemonConfig, daemon_thread: threading.Thread, on_line=print) -> int:
+    """Subscribe, resume the paused daemon once subscribed, print one line per result until the final status."""
+    results = correct = labelled = 0
+    with ResultSubscriber(cfg.publish, [cfg.topic_prefix + "."]) as sub:
+        resumed = False
+        while daemon_thread.is_alive() or sub.sock.poll(0):
+            msg = sub.recv(0.5)
+            if msg is None:
+                continue
+            if isinstance(msg, StatusMessage):
+                if not resumed:  # subscribed: now no result can be missed
+                    request(cfg.control, {"cmd": "resume"})
+                    resumed = True
+                if msg.status.final:
+                    break
+            elif isinstance(msg, ResultMessage):
+                h = msg.header
+                results += 1
+                if h.truth is not None and h.truth.label is not None and h.verdict is not None:
+                    labelled += 1
+                    correct += int(h.verdict == h.truth.label)
+                on_line(format_result(h, (correct, labelled)))
+        lost = sum(sub.lost.values())
+    on_line(f"[demo] {results} results received, {lost} lost" + (f", accuracy {correct}/{labelled} = {correct / labelled:.3f}" if labelled else ""))
+    return results
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", type=Path, default=Path("configs/demo.yaml"), help="demo config (configs/demo.yaml: lite; configs/demo-tiny.yaml: tiny AnomalyGPT)")
+    p.add_argument("--frames", type=int, default=None, help="stop after N judged frames (0 or absent: until Ctrl-C)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+
+    from .daemon import Daemon
+
+    cfg = load_config(args.config, frames=args.frames or None)
+    logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    ensure_bundle(cfg)
+    ensure_product(cfg)
+    cfg.start_paused = True
+    daemon = Daemon(cfg)
+    daemon.start()  # binding errors surface here, as one line
+
+    def serve() -> None:
+        daemon.wait()
+        daemon.shutdown()  # publishes the final status the watcher stops on
+
+    t = threading.Thread(target=serve, name="daemon", daemon=True)
+    t.start()
+    try:
+        watch(cfg, t)
+    except KeyboardInterrupt:
+        print("[demo] Ctrl-C: stopping after the frame in flight")
+        daemon.request_stop("SIGINT")
+    t.join()
+    print(f"[demo] daemon stopped ({daemon.stop_reason}): {daemon.judged} frames judged")
+    return 0
