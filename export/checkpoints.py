@@ -32,7 +32,12 @@ def load_state(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise AgptError(f"{path}: no such file (expected {what})")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # files in torch's legacy (pre-zip) format cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, foreign pickle, not a torch file at all
         first = str(e).strip().splitlines()[0][:200] if str(e).strip() else e.__class__.__name__
         raise AgptError(f"{path}: not a readable PyTorch checkpoint ({first}); expected {what}") from None

@@ -97,7 +97,7 @@ def train_shots(root: Path) -> list[Path]:
     return shots
 
 
-def test_samples(root: Path, max_images: int | None = None) -> list[Sample]:
+def list_samples(root: Path, max_images: int | None = None) -> list[Sample]:
     """test/<type>/*; defect masks from ground_truth/<type>/<stem>_mask.png (MVTec), a missing one is an error."""
     test = root / "test"
     if not test.is_dir():
@@ -183,7 +183,7 @@ def evaluate(
         raise AgptError(f"--shots {shots}: between 1 and the {len(pool)} images of {root / 'train' / GOOD}")
     if draws < 1:
         raise AgptError("--draws must be at least 1")
-    samples = test_samples(root, max_images)
+    samples = list_samples(root, max_images)
     if inspector is None:
         from .config import BackendConfig
         from .inspector import Inspector

@@ -129,12 +129,13 @@ class Inspector:
 
     def calibrate(self, pack: ProductPack, images: list[np.ndarray]) -> dict:
         """A decision threshold from the normal shots alone (only used when the bundle has no LLM)."""
-        if self.llm is not None:
+        if self.llm is not None or not pack.bank:
             return {}
-        from .calibrate import calibrate
+        from .calibrate import calibrate_images
 
-        shot_taps = [self.taps(img) for img in images]
-        return calibrate(shot_taps, self.grids)
+        n = len(images)  # the bank is the shots' taps stacked in order: split it back rather than re-encode
+        shot_taps = [[b.reshape(n, -1, b.shape[-1])[i] for b in pack.bank] for i in range(n)]
+        return calibrate_images(images, self.taps, self.grids, taps_per_shot=shot_taps)
 
     # ---- the per-frame path ---------------------------------------------------------------------
     def _unit_bank(self, pack: ProductPack) -> list[np.ndarray]:
