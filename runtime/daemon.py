@@ -311,6 +311,9 @@ class Daemon:
             while not self._stop.is_set():
                 self._loop_ticks += 1
                 self._run_tasks()
+                if self.paused.is_set() and self.cfg.camera.when_full == "wait":
+                    self._stop.wait(0.05)  # a file/folder/synthetic stream waits for resume: no frame is skipped
+                    continue
                 frame = q.get(timeout=0.1)
                 if frame is None:
                     if q.closed and len(q) == 0 and self.camera.state == "ended":
