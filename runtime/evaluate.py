@@ -327,13 +327,13 @@ def sheet_png(rows: list[dict], path: Path, credit: str = "") -> Path:
     """image | ground truth | map overlay | verdict, one row per frame, in the 224 model frame."""
     import cv2
 
-    from .preprocess import as_rgb, crop_resize
+    from .preprocess import crop_resize, three_channels
 
     size, pad = 224, 4
     panels = []
     all_max = max([r["map"].max() for r in rows] + [1e-6])
     for r in rows:
-        img = crop_resize(as_rgb(r["frame"]), r["transform"])[:, :, ::-1].copy()  # BGR for cv2
+        img = crop_resize(three_channels(r["frame"]), r["transform"]).copy()  # BGR, as cv2 writes it
         gt = np.repeat((r["gt"].astype(np.uint8) * 255)[:, :, None], 3, axis=2)
         thr = r["threshold"]
         # colour scale: threshold at mid-scale when there is one, so red means 'beyond the threshold'

@@ -45,33 +45,31 @@ def plan(height: int, width: int, size: int = 224, mode: str = "shorter_side_cro
     return FrameTransform(height, width, rh, rw, int(round((rh - size) / 2.0)), int(round((rw - size) / 2.0)), size)
 
 
-def as_rgb(frame: np.ndarray, bgr: bool = True) -> np.ndarray:
-    """A 3-channel uint8 RGB image from what a camera gives (BGR, gray, BGRA), or AgptError."""
+def three_channels(frame: np.ndarray) -> np.ndarray:
+    """A 3-channel uint8 image, channel order kept, from what a camera gives (gray, 3 or 4 channels), or AgptError."""
     if not isinstance(frame, np.ndarray) or frame.size == 0:
         raise AgptError("empty or non-array frame")
     if frame.dtype != np.uint8:
         raise AgptError(f"frame dtype {frame.dtype}, expected uint8")
     if frame.ndim == 2:
-        frame = np.repeat(frame[:, :, None], 3, axis=2)
-    elif frame.ndim == 3 and frame.shape[2] == 1:
-        frame = np.repeat(frame, 3, axis=2)
-    elif frame.ndim == 3 and frame.shape[2] == 4:
-        frame = frame[:, :, :3]
-    elif not (frame.ndim == 3 and frame.shape[2] == 3):
+        frame = frame[:, :, None]
+    if frame.ndim != 3 or frame.shape[2] not in (1, 3, 4):
         raise AgptError(f"frame shape {frame.shape}: expected HxW, HxWx1, HxWx3 or HxWx4")
-    return np.ascontiguousarray(frame[:, :, ::-1] if bgr else frame)
+    if frame.shape[2] == 1:
+        return np.repeat(frame, 3, axis=2)
+    return np.ascontiguousarray(frame[:, :, :3])
 
 
-def crop_resize(rgb: np.ndarray, t: FrameTransform) -> np.ndarray:
-    """uint8 (224,224,3): the reference's bicubic resize and center crop."""
-    img = Image.fromarray(rgb)
-    if (t.resized_w, t.resized_h) != img.size:
-        img = img.resize((t.resized_w, t.resized_h), Image.BICUBIC)
-    return np.asarray(img)[t.top : t.top + t.size, t.left : t.left + t.size]
+def crop_resize(img: np.ndarray, t: FrameTransform) -> np.ndarray:
+    """uint8 (224,224,3): the reference's bicubic resize and center crop (per channel: order does not matter)."""
+    pil = Image.fromarray(img)
+    if (t.resized_w, t.resized_h) != pil.size:
+        pil = pil.resize((t.resized_w, t.resized_h), Image.BICUBIC)
+    return np.asarray(pil)[t.top : t.top + t.size, t.left : t.left + t.size]
 
 
 def normalise(rgb224: np.ndarray, mean=CLIP_MEAN, std=CLIP_STD) -> np.ndarray:
-    """(3,224,224) float32 from uint8 HWC, as ToTensor + Normalize."""
+    """(3,224,224) float32 from uint8 HWC RGB, as ToTensor + Normalize."""
     x = rgb224.astype(np.float32) / np.float32(255.0)
     x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(2, 0, 1))
@@ -81,9 +79,10 @@ def preprocess(
     frame: np.ndarray, size: int = 224, mode: str = "shorter_side_crop", mean=CLIP_MEAN, std=CLIP_STD, bgr: bool = True
 ) -> tuple[np.ndarray, FrameTransform]:
     """Camera frame (BGR by default) -> model input (3,size,size) float32 and the transform that undoes it."""
-    rgb = as_rgb(frame, bgr=bgr)
-    t = plan(rgb.shape[0], rgb.shape[1], size, mode)
-    return normalise(crop_resize(rgb, t), mean, std), t
+    img = three_channels(frame)
+    t = plan(img.shape[0], img.shape[1], size, mode)
+    small = crop_resize(img, t)  # resize first: flipping 224x224 pixels is cheaper than a camera frame
+    return normalise(small[:, :, ::-1] if bgr else small, mean, std), t
 
 
 def mask_to_model(mask: np.ndarray, t: FrameTransform) -> np.ndarray:

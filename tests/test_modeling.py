@@ -246,3 +246,12 @@ def test_prompt_learner_shapes_and_order(tiny_parts):
     assert torch.equal(p[:, 9 + 1 * 3 + 2], cells[:, :, 1, 2])  # map prompts row-major: cell (1,2) is 9+5
     proj = LlamaProj.from_weights(torch.randn(64, 32), torch.randn(64))
     assert proj(torch.randn(3, 32)).shape == (3, 1, 64)
+
+
+def test_fast_decoder_graph_is_the_reference_math():
+    from export.modeling.decoder import decoder_map_fast
+
+    g = torch.Generator().manual_seed(3)
+    projected = [torch.randn(2, 256, 16, generator=g) for _ in range(4)]
+    text = torch.nn.functional.normalize(torch.randn(2, 16, generator=g), dim=-1)
+    assert (decoder_map_fast(projected, text) - decoder_map(projected, text)).abs().max() < 1e-5
