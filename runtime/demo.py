@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import DaemonConfig, load_config
 from .control import request
 from .errors import AgptError
-from .subscribe import ResultMessage, ResultSubscriber, StatusMessage, format_result
+from .subscribe import ResultMessage, ResultSubscriber, StatusMessage, Tally, format_result
 
 
 def ensure_bundle(cfg: DaemonConfig, progress=print) -> None:
@@ -59,7 +59,7 @@ def ensure_product(cfg: DaemonConfig, progress=print) -> None:
 
 def watch(cfg: DaemonConfig, daemon_thread: threading.Thread, on_line=print) -> int:
     """Subscribe, resume the paused daemon once subscribed, print one line per result until the final status."""
-    results = correct = labelled = 0
+    tally = Tally()
     with ResultSubscriber(cfg.publish, [cfg.topic_prefix + "."]) as sub:
         resumed = False
         while daemon_thread.is_alive() or sub.sock.poll(0):
@@ -73,15 +73,12 @@ def watch(cfg: DaemonConfig, daemon_thread: threading.Thread, on_line=print) -> 
                 if msg.status.final:
                     break
             elif isinstance(msg, ResultMessage):
-                h = msg.header
-                results += 1
-                if h.truth is not None and h.truth.label is not None and h.verdict is not None:
-                    labelled += 1
-                    correct += int(h.verdict == h.truth.label)
-                on_line(format_result(h, (correct, labelled)))
+                tally.add(msg.header)
+                on_line(format_result(msg.header, tally.accuracy))
         lost = sum(sub.lost.values())
-    on_line(f"[demo] {results} results received, {lost} lost" + (f", accuracy {correct}/{labelled} = {correct / labelled:.3f}" if labelled else ""))
-    return results
+    correct, labelled = tally.accuracy
+    on_line(f"[demo] {tally.results} results received, {lost} lost" + (f", accuracy {correct}/{labelled} = {correct / labelled:.3f}" if labelled else ""))
+    return tally.results
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -159,6 +159,25 @@ class ResultSubscriber:
 # ---- agpt subscribe ----------------------------------------------------------------------------------
 
 
+@dataclass
+class Tally:
+    """Results seen and, where the source knows the truth (a synthetic line), how many verdicts were right."""
+
+    results: int = 0
+    labelled: int = 0
+    correct: int = 0
+
+    def add(self, h: ResultHeader) -> None:
+        self.results += 1
+        if h.truth is not None and h.truth.label is not None and h.verdict is not None:
+            self.labelled += 1
+            self.correct += int(h.verdict == h.truth.label)
+
+    @property
+    def accuracy(self) -> tuple[int, int]:
+        return self.correct, self.labelled
+
+
 def format_result(h: ResultHeader, accuracy: tuple[int, int] | None = None) -> str:
     verdict = "ANOMALY" if h.verdict else ("ok" if h.verdict is False else "??")
     p = f" p={h.p_anomaly:.3f}" if h.p_anomaly is not None else ""
@@ -192,22 +211,19 @@ def run(args: argparse.Namespace) -> int:
         curve = {"server_public_key": args.server_key, "client_secret_key": args.client_key}
     if args.save_masks:
         args.save_masks.mkdir(parents=True, exist_ok=True)
-    results = correct = labelled = 0
+    tally = Tally()
     with ResultSubscriber(args.endpoint, args.topic or [""], curve=curve) as sub:
-        while args.count is None or results < args.count:
+        while args.count is None or tally.results < args.count:
             msg = sub.recv(args.timeout)
             if msg is None:
                 print(f"# nothing for {args.timeout} s", file=sys.stderr)
                 return 1
             if isinstance(msg, ResultMessage):
                 h = msg.header
-                results += 1
-                if h.truth is not None and h.truth.label is not None and h.verdict is not None:
-                    labelled += 1
-                    correct += int(h.verdict == h.truth.label)
+                tally.add(h)
                 if args.save_masks and msg.png:
                     (args.save_masks / f"{h.prefix}_{h.camera}_{h.frame_id:08d}.png").write_bytes(msg.png)
-                print(h.model_dump_json() if args.json else format_result(h, (correct, labelled)), flush=True)
+                print(h.model_dump_json() if args.json else format_result(h, tally.accuracy), flush=True)
             elif isinstance(msg, StatusMessage):
                 s = msg.status
                 if args.json:

