@@ -127,6 +127,36 @@ def verify_vision(bundle_dir: str | Path, paths, images: list[Path] | np.ndarray
     return report
 
 
+def verify_verdicts(bundle_dir: str | Path, paths, images: list[Path], shots: list[Path], product: str | None) -> dict:
+    """First-token verdict and location: the oracle (torch + transformers) vs the bundle (graphs + llama.cpp)."""
+    from runtime.bank import ProductPack, build_pack
+    from runtime.inspector import Inspector
+    from runtime.maps import peak_location
+    from runtime.preprocess import load_image
+    from runtime.prompt import product_question
+
+    from .reference import Reference
+
+    ref = Reference(imagebind=paths.imagebind, pandagpt=paths.pandagpt, anomalygpt=paths.anomalygpt, vicuna=paths.vicuna)
+    insp = Inspector.from_config(bundle_dir, None, "first_token")
+    name = product or "object"
+    entry = insp.manifest_products.get(name)
+    description = entry.description if entry else ""
+    if shots:
+        pack = build_pack(insp, name, description, shots)
+    else:
+        pack = ProductPack(name, description, [], insp.text_features(name), {"encoder_sha256": insp.encoder_sha256})
+    rows = []
+    for img in images:
+        r = ref.run(img, product=name, description=description, shots=shots, question=product_question(description), max_new_tokens=1)
+        j = insp.judge(load_image(img), pack)
+        rows.append({"p_ref": r.p_anomaly, "p_bundle": j.p_anomaly, "verdict_agrees": (r.p_anomaly > 0.5) == j.verdict,
+                     "location_agrees": r.peak_location == (j.locations[0] if j.locations else peak_location(j.map))})
+    return {"quant": insp.bundle.manifest.llm.quant, "max_p_diff": max(abs(x["p_ref"] - x["p_bundle"]) for x in rows),
+            "verdicts_agree": sum(x["verdict_agrees"] for x in rows), "locations_agree": sum(x["location_agrees"] for x in rows),
+            "frames": len(rows)}
+
+
 def format_report(r: dict) -> str:
     lines = [f"{r['bundle']} ({r['backend']}): {r['images']} images, {r['shots']} shots, product '{r.get('product')}'",
              f"{'output':<11} {'shape':<20} {'max abs':>10} {'max rel':>10}"]
@@ -134,6 +164,10 @@ def format_report(r: dict) -> str:
         lines.append(f"{k:<11} {str(tuple(s['shape'])):<20} {s['max_abs']:>10.2e} {s['max_rel']:>10.2e}")
     for k, v in r["cells"].items():
         lines.append(f"peak 3x3 cell of {k} agrees: {sum(v)}/{len(v)}")
+    if "llm" in r:
+        v = r["llm"]
+        lines.append(f"first-token verdict agrees: {v['verdicts_agree']}/{v['frames']}, location agrees: {v['locations_agree']}/{v['frames']}, "
+                     f"max |P(anomaly) diff| {v['max_p_diff']:.2e} (GGUF {v['quant']})")
     if "note" in r:
         lines.append(f"note: {r['note']}")
     lines.append(f"{'OK' if r['ok'] else 'MISMATCH'} (relative tolerance {r['rel_tolerance']:g})")
@@ -146,6 +180,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--imagebind", type=Path)
     p.add_argument("--pandagpt", type=Path)
     p.add_argument("--anomalygpt", type=Path)
+    p.add_argument("--vicuna", type=Path, help="Vicuna folder: also compare first-token verdicts through the LLM")
+    p.add_argument("--no-llm", action="store_true", help="compare the vision graphs only")
     p.add_argument("--images", type=Path, nargs="+", required=True)
     p.add_argument("--shots", type=Path, nargs="*", default=[], help="normal shots: also compare the few-shot map")
     p.add_argument("--product", help="product name for the text features (default 'object')")
@@ -157,7 +193,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from .vision_modules import CheckpointPaths
 
-    paths = CheckpointPaths.resolve(args.ckpt_dir, args.imagebind, args.pandagpt, args.anomalygpt)
+    from runtime.bundle import load_bundle
+
+    paths = CheckpointPaths.resolve(args.ckpt_dir, args.imagebind, args.pandagpt, args.anomalygpt, args.vicuna)
     r = verify_vision(args.bundle, paths, args.images, args.shots, args.product, backend=args.backend, threads=args.threads)
+    has_llm = load_bundle(args.bundle, verify=False).manifest.llm is not None
+    if has_llm and not args.no_llm and paths.vicuna is not None and paths.vicuna.is_dir():
+        r["llm"] = verify_verdicts(args.bundle, paths, args.images, args.shots, args.product)
+        r["ok"] = r["ok"] and r["llm"]["verdicts_agree"] == r["llm"]["frames"]
     print(json.dumps(r, indent=2) if args.json else format_report(r))
     return 0 if r["ok"] else 1

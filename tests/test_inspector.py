@@ -68,3 +68,11 @@ def test_first_token_mode_and_follow_up(tiny_bundle, frames):
 def test_bad_frames_are_refused(insp):
     with pytest.raises(AgptError):
         insp.judge(np.zeros((10, 10, 7), np.uint8), _text_pack(insp))
+
+
+def test_verify_compares_first_token_verdicts(tiny_bundle, tiny_ckpt, frames):
+    from export.verify import verify_verdicts
+    from export.vision_modules import CheckpointPaths
+
+    r = verify_verdicts(tiny_bundle, CheckpointPaths.resolve(tiny_ckpt), frames[:2], [], "cookie")
+    assert r["frames"] == 2 and r["verdicts_agree"] == 2 and r["locations_agree"] == 2 and r["max_p_diff"] < 1e-3
