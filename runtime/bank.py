@@ -355,17 +355,25 @@ class ProductStore:
             raise AgptError(f"{path}: product {pack.name!r} exists (replace it explicitly)")
         return write_pack(pack, path)
 
-    def set_active(self, name: str, bank_id: str, base: str | None = None) -> None:
+    def set_active(self, name: str, bank_id: str, base: str | None = None, cameras: dict[str, str] | None = None) -> None:
         """Remember the committed product, so a restart (even after SIGKILL) resumes with it.
 
         `base` is the config's product at the time: a restart resumes only while the config still names it,
-        so editing the config's product wins over an old changeover.
+        so editing the config's product wins over an old changeover. Several cameras: `cameras` maps each
+        camera that changed over to its config product (its base); each camera's entry is kept under
+        "cameras" in the same file, the others' entries are left as they were.
         """
+        entry = {"product": name, "bank_id": bank_id, "base": base, "time": time.time()}
+        if cameras is not None:
+            old = self._read_active() or {}
+            per = old.get("cameras") if isinstance(old.get("cameras"), dict) else {}
+            per.update({cam: {"product": name, "bank_id": bank_id, "base": b, "time": entry["time"]} for cam, b in cameras.items()})
+            entry = {**{k: v for k, v in old.items() if k != "cameras"}, "cameras": per}
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=ACTIVE_FILE + ".tmp-", dir=self.root)
         try:
             with os.fdopen(fd, "w") as f:
-                json.dump({"product": name, "bank_id": bank_id, "base": base, "time": time.time()}, f)
+                json.dump(entry, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, self.root / ACTIVE_FILE)
@@ -377,12 +385,19 @@ class ProductStore:
             raise
         _fsync_dir(self.root)
 
-    def active_entry(self) -> dict | None:
-        """{product, bank_id, base, time} of the last committed changeover, or None."""
+    def _read_active(self) -> dict | None:
         try:
             entry = json.loads((self.root / ACTIVE_FILE).read_text())
         except Exception:
             return None
+        return entry if isinstance(entry, dict) else None
+
+    def active_entry(self, camera: str | None = None) -> dict | None:
+        """{product, bank_id, base, time} of the last committed changeover (of that camera), or None."""
+        entry = self._read_active()
+        if entry is not None and camera is not None:
+            per = entry.get("cameras")
+            entry = per.get(camera) if isinstance(per, dict) else None
         if not isinstance(entry, dict) or not isinstance(entry.get("product"), str) or not _PRODUCT.match(entry["product"]):
             return None
         return entry

@@ -245,11 +245,13 @@ class Camera:
 
     LIVE = ("device", "rtsp", "gstreamer")
 
-    def __init__(self, cfg: CameraConfig, source: Source | None = None, on_event: EventFn | None = None):
+    def __init__(self, cfg: CameraConfig, source: Source | None = None, on_event: EventFn | None = None, queue=None):
+        """queue: where frames go (default a FrameQueue of cfg.queue_size); several cameras in one daemon put
+        into their slot of runtime.multicam.CameraSlots instead (a SlotQueue: same put/close/dropped)."""
         self.cfg = cfg
         self.name = cfg.name
         self.source = source if source is not None else make_source(cfg)
-        self.queue = FrameQueue(cfg.queue_size, cfg.when_full)
+        self.queue = queue if queue is not None else FrameQueue(cfg.queue_size, cfg.when_full)
         self.on_event = on_event or (lambda kind, detail: None)
         self.state = "opening"  # opening | open | lost | ended | stopped
         self.frame_id = 0

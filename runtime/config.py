@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .errors import AgptError
 
 PRODUCT_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+CAMERA_RE = r"^[A-Za-z0-9_.-]{1,64}$"
 TOPIC_RE = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc)://.+$")
 
@@ -28,7 +29,7 @@ class _Strict(BaseModel):
 
 
 class CameraConfig(_Strict):
-    name: str = Field("cam0", pattern=r"^[A-Za-z0-9_.-]{1,64}$", description="camera name carried by every frame and result")
+    name: str = Field("cam0", pattern=CAMERA_RE, description="camera name carried by every frame and result")
     kind: Literal["device", "file", "rtsp", "gstreamer", "folder", "synthetic"] = Field(
         description="device: V4L2/USB index; file: a video file; rtsp: an rtsp:// URL; gstreamer: a GStreamer pipeline "
         "ending in appsink (Jetson CSI: nvarguscamerasrc ! ... ! appsink; needs OpenCV built with GStreamer); "
@@ -53,6 +54,12 @@ class CameraConfig(_Strict):
     read_timeout_s: float = Field(5.0, gt=0, description="rtsp: open/read timeout handed to the FFmpeg backend")
     options: dict[str, str | int | float | bool] = Field(
         default_factory=dict, description="extra keyword options for the synthetic source"
+    )
+    product: str | None = Field(
+        None,
+        pattern=PRODUCT_RE,
+        description="`cameras:` entries only: the product this camera judges at start (None: the top-level `product`); "
+        "each camera keeps its own product and pack, swapped with swap_bank's `camera`",
     )
 
     @model_validator(mode="after")
@@ -116,7 +123,19 @@ class DaemonConfig(_Strict):
     resume_last_product: bool = Field(
         True, description="start with the product last committed by swap_bank (BUNDLE/products/ACTIVE) when it still loads"
     )
-    camera: CameraConfig = Field(description="where frames come from")
+    camera: CameraConfig | None = Field(
+        None, description="where frames come from (one camera); give either `camera` or `cameras`, not both"
+    )
+    cameras: list[CameraConfig] | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="several cameras in one daemon, instead of `camera`: one capture thread each; the frames that are "
+        "ready are judged together in one batch (at most one per camera); every camera keeps its own frame ids, "
+        "product and pack (its `product`, default the top-level one). Names must be unique. Each camera holds one "
+        "waiting frame (queue_size is not used): a live camera's newest frame replaces it (drops.queue), a "
+        "`when_full: wait` source waits for it to be taken",
+    )
     publish: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ PUB endpoint the results, status and events go out on")
     control: str = Field(
         "tcp://127.0.0.1:5556",
@@ -138,8 +157,12 @@ class DaemonConfig(_Strict):
     )
     heartbeat_s: float = Field(1.0, gt=0, description="seconds between status messages")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="logging level")
-    frames: int | None = Field(None, ge=1, description="stop after this many judged frames (None: run until stopped)")
-    keep_frames: int = Field(8, ge=1, le=256, description="recent frames kept for the operator's 'ask' question")
+    frames: int | None = Field(
+        None, ge=1,
+        description="stop after this many judged frames (None: run until stopped); several cameras: all cameras' frames, "
+        "checked after each batch",
+    )  # fmt: skip
+    keep_frames: int = Field(8, ge=1, le=256, description="recent frames kept for the operator's 'ask' question (per camera)")
     start_paused: bool = Field(False, description="start with judging paused (resume over the control channel)")
     shots_root: Path | None = Field(
         None, description="when set, add_product only reads shot images inside this folder"
@@ -153,6 +176,28 @@ class DaemonConfig(_Strict):
         if not ENDPOINT_RE.match(v):
             raise ValueError("expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")
         return v
+
+    @model_validator(mode="after")
+    def _one_camera_form(self):
+        if (self.camera is None) == (self.cameras is None):
+            raise ValueError("give exactly one of `camera` (one camera) and `cameras` (a list)")
+        if self.camera is not None and self.camera.product is not None:
+            raise ValueError("camera.product: only `cameras:` entries name their own product; one camera judges `product`")
+        if self.cameras is not None:
+            names = [c.name for c in self.cameras]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"cameras: names must be unique (twice: {', '.join(twice)})")
+        return self
+
+    @property
+    def camera_list(self) -> list[CameraConfig]:
+        """The cameras, in order: [camera] or cameras."""
+        return [self.camera] if self.camera is not None else list(self.cameras)
+
+    def camera_product(self, cam: CameraConfig) -> str:
+        """The product a camera judges at start."""
+        return cam.product or self.product
 
     @property
     def line(self) -> str:
@@ -206,8 +251,9 @@ def load_config(path: str | Path, **overrides) -> DaemonConfig:
     base = path.resolve().parent
     cfg.bundle = _resolve(base, cfg.bundle) or cfg.bundle
     cfg.shots_root = _resolve(base, cfg.shots_root) or cfg.shots_root
-    if cfg.camera.kind in ("file", "folder") and not Path(str(cfg.camera.source)).is_absolute():
-        cfg.camera.source = str(base / str(cfg.camera.source))
+    for cam in cfg.camera_list:
+        if cam.kind in ("file", "folder") and not Path(str(cam.source)).is_absolute():
+            cam.source = str(base / str(cam.source))
     if cfg.curve is not None:
         cfg.curve.server_secret_key = _resolve(base, cfg.curve.server_secret_key) or cfg.curve.server_secret_key
         cfg.curve.authorized_clients = _resolve(base, cfg.curve.authorized_clients) or cfg.curve.authorized_clients

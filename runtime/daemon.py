@@ -8,7 +8,15 @@ Threads and who owns what:
   control    owns the ROUTER socket: parses requests, answers fast ones itself, hands slow ones on
   loader     one worker: reads and validates packs and shot images off the loop
 A changeover therefore never stalls the line while a pack loads, and never mixes two packs in one frame:
-the loop reads `self.pack` once per frame, and a swap replaces that reference between frames.
+the loop reads the camera's pack once per frame, and a swap replaces that reference between frames.
+
+Several cameras (`cameras:` in the config): one capture thread per camera puts (frame, preprocessed
+frame) into its slot of runtime.multicam.CameraSlots (the preprocessing runs on the camera's thread);
+the loop takes the ready frames, at most one per camera (round robin past max_batch), and judges them
+in one inspector.judge_batch call, each with its own camera's pack. A batch that fails is judged again
+frame by frame, so one bad frame fails only its own camera's result. Each camera (a Lane) keeps its
+own frame ids, product, pack and counters; a swap lands between two batches. One camera keeps the
+one-frame loop above unchanged.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +41,13 @@ import zmq
 
 from .bank import PackSpec, ProductPack, ProductStore, build_pack, read_image
 from .camera import Camera, Frame, Source
-from .config import DaemonConfig, check_security, load_config
+from .config import CameraConfig, DaemonConfig, check_security, load_config
 from .control import ControlServer, start_authenticator
 from .errors import AgptError
 from .messages import (
     AddProductRequest,
     AskRequest,
+    CameraStatus,
     Drops,
     FrameTransformInfo,
     ListProductsRequest,
@@ -53,6 +62,7 @@ from .messages import (
     SwapBankRequest,
     Truth,
 )
+from .multicam import CameraSlots, SlotQueue
 from .publish import Publisher
 from . import watchdog
 
@@ -69,6 +79,34 @@ class FrameContext:
     judgement: Any  # the inspector's Judgement for it
     pack: ProductPack  # the pack it was judged with
     capture_time: float
+
+
+@dataclass(eq=False)
+class Lane:
+    """One camera's own state: capture thread, product pack, frame ids and counters."""
+
+    index: int
+    cfg: CameraConfig
+    base_product: str  # the config's product for this camera (what a restart resumes from)
+    camera: Camera | None = None
+    pack: ProductPack | None = None
+    judged: int = 0
+    failed: int = 0
+    paused_drops: int = 0
+    truth_frames: int = 0
+    truth_correct: int = 0
+    last_frame_id: int = 0
+    times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def fps(self) -> float:
+        t = list(self.times)
+        if len(t) < 2 or time.monotonic() - t[-1] > 5.0:
+            return 0.0
+        return (len(t) - 1) / max(t[-1] - t[0], 1e-9)
 
 
 def encode_mask(m: np.ndarray | None) -> tuple[bytes, tuple[int, int] | None]:
@@ -99,27 +137,41 @@ def _transform_info(judgement: Any, frame: np.ndarray, inspector: Any) -> FrameT
 
 
 class Daemon:
-    def __init__(self, cfg: DaemonConfig, inspector: Any = None, source: Source | None = None, ctx: zmq.Context | None = None):
+    def __init__(self, cfg: DaemonConfig, inspector: Any = None, source: Source | None = None, ctx: zmq.Context | None = None,
+                 sources: Any = None):
+        """source: the (one) camera's source instead of the config's; sources: several cameras' sources, a list in
+        config order or a dict by camera name (missing ones come from the config)."""
         check_security(cfg)
         self.cfg = cfg
         self.inspector = inspector
-        self._source = source
+        cams = cfg.camera_list
+        self.lanes = [Lane(i, c, cfg.camera_product(c)) for i, c in enumerate(cams)]
+        self.multi = len(self.lanes) > 1
+        if isinstance(sources, dict):
+            unknown = set(sources) - {c.name for c in cams}
+            if unknown:
+                raise AgptError(f"sources for unknown cameras: {', '.join(sorted(unknown))}")
+            self._sources = [sources.get(c.name) for c in cams]
+        elif sources is not None:
+            if len(sources) != len(cams):
+                raise AgptError(f"{len(sources)} sources for {len(cams)} cameras")
+            self._sources = list(sources)
+        else:
+            self._sources = [source] + [None] * (len(cams) - 1)
         self._ctx = ctx
         self._own_ctx = ctx is None
-        self.pack: ProductPack | None = None
         self.paused = threading.Event()
         if cfg.start_paused:
             self.paused.set()
+        # totals over the cameras (one camera: its own counters)
         self.judged = 0
         self.failed = 0
         self.paused_drops = 0
         self.errors = 0
         self.truth_frames = 0
         self.truth_correct = 0
-        self.last_frame_id = 0
         self.stop_reason: str | None = None
-        self._times: collections.deque[float] = collections.deque(maxlen=64)
-        self._contexts: collections.deque[FrameContext] = collections.deque(maxlen=cfg.keep_frames)
+        self._contexts: collections.deque[FrameContext] = collections.deque(maxlen=cfg.keep_frames * len(self.lanes))
         self._tasks: queue.Queue[tuple[Callable[[], Any], Future]] = queue.Queue()
         self._tasks_lock = threading.Lock()
         self._loop_done = False
@@ -131,17 +183,42 @@ class Daemon:
         self._started = 0.0
         self._loop_ticks = 0  # advanced by every loop iteration: the systemd watchdog's proof of life
         self._ticks_at_beat = -1
+        self.slots: CameraSlots | None = None
+        self.max_batch = 1
         self.publisher: Publisher | None = None
         self.control: ControlServer | None = None
-        self.camera: Camera | None = None
         self._loop_thread: threading.Thread | None = None
+
+    # the first (or only) camera's state, under the names the one-camera daemon has always had
+    @property
+    def pack(self) -> ProductPack | None:
+        return self.lanes[0].pack
+
+    @property
+    def camera(self) -> Camera | None:
+        return self.lanes[0].camera
+
+    @property
+    def last_frame_id(self) -> int:
+        return self.lanes[0].last_frame_id
+
+    def lane(self, name: str) -> Lane:
+        for lane in self.lanes:
+            if lane.name == name:
+                return lane
+        raise AgptError(f"no camera {name!r} (cameras: {', '.join(l.name for l in self.lanes)})")
 
     # ---- start / stop -------------------------------------------------------------------------------
 
     def _open_inspector(self):
         from .inspector import Inspector
 
-        return Inspector.from_config(self.cfg.bundle, self.cfg.backend, self.cfg.verdict_mode)
+        if not self.multi:
+            return Inspector.from_config(self.cfg.bundle, self.cfg.backend, self.cfg.verdict_mode)
+        # one LLM sequence per camera; n_ctx is per sequence: a frame's prompt (~100 positions) plus an answer
+        # fits 1024, and the KV cache stays cameras x 1024 cells
+        return Inspector.from_config(self.cfg.bundle, self.cfg.backend, self.cfg.verdict_mode, max_batch=len(self.lanes),
+                                     llm_options={"n_ctx": 1024})  # fmt: skip
 
     def _manifest_products(self) -> dict:
         products = getattr(self.inspector, "manifest_products", None)
@@ -157,14 +234,16 @@ class Daemon:
                 return {}
         return dict(bundle.manifest.products)
 
-    def _initial_pack(self) -> ProductPack:
-        name = self.cfg.product
-        last = self.store.active_entry() if self.cfg.resume_last_product else None
+    def _initial_pack(self, lane: Lane) -> ProductPack:
+        name = lane.base_product
+        last = None
+        if self.cfg.resume_last_product:
+            last = self.store.active_entry(lane.name if self.multi else None)
         # Resume the last committed changeover, unless the config's product was edited since then.
         if last and last.get("base") == name and last.get("product") != name:
             try:
                 pack = self.store.load(last["product"])
-                log.info("resuming with product %s (last changeover)", pack.name)
+                log.info("resuming %s with product %s (last changeover)", lane.name, pack.name)
                 return pack
             except AgptError as e:
                 log.warning("last committed product %s does not load (%s); starting with %s", last["product"], e, name)
@@ -175,7 +254,8 @@ class Daemon:
         if self.inspector is None:
             self.inspector = self._open_inspector()
         self.store = ProductStore(cfg.bundle / "products", PackSpec.from_inspector(self.inspector), self._manifest_products())
-        self.pack = self._initial_pack()
+        for lane in self.lanes:
+            lane.pack = self._initial_pack(lane)
         self._ctx = self._ctx or zmq.Context()
         curve_key = None
         if cfg.curve is not None:
@@ -190,18 +270,31 @@ class Daemon:
         except zmq.ZMQError as e:
             self._close_zmq()
             raise AgptError(f"cannot bind {cfg.publish if self.publisher is None else cfg.control}: {e}") from None
-        self.camera = Camera(cfg.camera, self._source, on_event=self._camera_event)
+        if self.multi:
+            self.slots = CameraSlots(len(self.lanes))
+            self.max_batch = max(1, min(len(self.lanes), int(getattr(self.inspector, "max_batch", len(self.lanes)))))
+            prepare = getattr(self.inspector, "prepare", None)
+            for lane, src in zip(self.lanes, self._sources):
+                sink = SlotQueue(self.slots, lane.index, lane.cfg.when_full, prepare)
+                lane.camera = Camera(lane.cfg, src, on_event=self._camera_event, queue=sink)
+        else:
+            self.lanes[0].camera = Camera(self.lanes[0].cfg, self._sources[0], on_event=self._camera_event)
         self._started = time.monotonic()
         self.publisher.start()
         self.control.start()
-        self.camera.start()
+        for lane in self.lanes:
+            lane.camera.start()
         self._loop_thread = threading.Thread(target=self._loop, name="inspect", daemon=True)
         self._loop_thread.start()
-        self.publisher.publish_event("started", {"product": self.pack.name, "bank_id": self.pack.bank_id, "camera": cfg.camera.name})
-        log.info(
-            "inspecting %s as %s (bank %s); results on %s, control on %s",
-            cfg.camera.name, self.pack.name, self.pack.bank_id, self.publisher.endpoint, self.control.endpoint,
-        )  # fmt: skip
+        first = self.lanes[0]
+        detail = {"product": first.pack.name, "bank_id": first.pack.bank_id, "camera": first.name}
+        if self.multi:
+            detail["cameras"] = {l.name: {"product": l.pack.name, "bank_id": l.pack.bank_id} for l in self.lanes}
+        self.publisher.publish_event("started", detail)
+        for lane in self.lanes:
+            log.info("inspecting %s as %s (bank %s)", lane.name, lane.pack.name, lane.pack.bank_id)
+        log.info("results on %s, control on %s%s", self.publisher.endpoint, self.control.endpoint,
+                 f"; {len(self.lanes)} cameras, batches of up to {self.max_batch}" if self.multi else "")  # fmt: skip
         watchdog.notify(watchdog.READY)
 
     @property
@@ -212,12 +305,18 @@ class Daemon:
     def control_endpoint(self) -> str:
         return self.control.endpoint
 
+    def _wake(self) -> None:
+        """Let the loop's wait for a frame return now (a task is queued, or a stop)."""
+        if self.slots is not None:
+            self.slots.wake()
+        elif self.camera is not None:
+            self.camera.queue.wake()
+
     def request_stop(self, reason: str = "requested") -> None:
         if self.stop_reason is None:
             self.stop_reason = reason
         self._stop.set()
-        if self.camera is not None:
-            self.camera.queue.wake()
+        self._wake()
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._done.wait(timeout)
@@ -230,9 +329,12 @@ class Daemon:
         self.request_stop(self.stop_reason or "shutdown")
         watchdog.notify(watchdog.STOPPING)
         if self._loop_thread is not None:
-            self._loop_thread.join()  # the frame in flight finishes first
-        if self.camera is not None:
-            self.camera.stop()
+            self._loop_thread.join()  # the frame (batch) in flight finishes first
+        for lane in self.lanes:
+            if lane.camera is not None:
+                lane.camera.stop()
+        if self.slots is not None:
+            self.slots.close()
         if self.control is not None:
             self.control.stop()
         self._loader.shutdown(wait=True, cancel_futures=True)
@@ -281,15 +383,14 @@ class Daemon:
     # ---- the inspection loop ------------------------------------------------------------------------
 
     def call_in_loop(self, fn: Callable[[], Any]) -> Future:
-        """Run fn on the loop thread between two frames; the Future carries its result."""
+        """Run fn on the loop thread between two frames (batches); the Future carries its result."""
         fut: Future = Future()
         with self._tasks_lock:
             if self._loop_done:
                 fut.set_exception(AgptError("daemon stopping"))
                 return fut
             self._tasks.put((fn, fut))
-        if self.camera is not None:
-            self.camera.queue.wake()
+        self._wake()
         return fut
 
     def _run_tasks(self) -> None:
@@ -307,25 +408,10 @@ class Daemon:
 
     def _loop(self) -> None:
         try:
-            q = self.camera.queue
-            while not self._stop.is_set():
-                self._loop_ticks += 1
-                self._run_tasks()
-                if self.paused.is_set() and self.cfg.camera.when_full == "wait":
-                    self._stop.wait(0.05)  # a file/folder/synthetic stream waits for resume: no frame is skipped
-                    continue
-                frame = q.get(timeout=0.1)
-                if frame is None:
-                    if q.closed and len(q) == 0 and self.camera.state == "ended":
-                        self.request_stop("camera_end")
-                    continue
-                self.last_frame_id = frame.frame_id
-                if self.paused.is_set():
-                    self.paused_drops += 1
-                    continue
-                self._inspect(frame)
-                if self.cfg.frames is not None and self.judged >= self.cfg.frames:
-                    self.request_stop("frames")
+            if self.multi:
+                self._loop_cameras()
+            else:
+                self._loop_one(self.lanes[0])
         except BaseException:
             log.exception("inspection loop crashed")
             self.request_stop("loop_error")
@@ -341,31 +427,135 @@ class Daemon:
                     fut.set_exception(AgptError("daemon stopping"))
             self._done.set()
 
-    def _drops(self) -> Drops:
-        cam, pub = self.camera, self.publisher
+    def _loop_one(self, lane: Lane) -> None:
+        """One camera: one frame at a time, straight from its queue."""
+        q = lane.camera.queue
+        wait_source = lane.cfg.when_full == "wait"
+        while not self._stop.is_set():
+            self._loop_ticks += 1
+            self._run_tasks()
+            if self.paused.is_set() and wait_source:
+                self._stop.wait(0.05)  # a file/folder/synthetic stream waits for resume: no frame is skipped
+                continue
+            frame = q.get(timeout=0.1)
+            if frame is None:
+                if q.closed and len(q) == 0 and lane.camera.state == "ended":
+                    self.request_stop("camera_end")
+                continue
+            lane.last_frame_id = frame.frame_id
+            if self.paused.is_set():
+                lane.paused_drops += 1
+                self.paused_drops += 1
+                continue
+            self._inspect(lane, frame)
+            if self.cfg.frames is not None and self.judged >= self.cfg.frames:
+                self.request_stop("frames")
+
+    def _all_ended(self) -> bool:
+        return all(l.camera.state == "ended" and not self.slots.full(l.index) for l in self.lanes)
+
+    def _loop_cameras(self) -> None:
+        """Several cameras: every round takes the ready frames (one per camera) and judges them as one batch."""
+        slots = self.slots
+        live = [l.index for l in self.lanes if l.cfg.when_full != "wait"]
+        while not self._stop.is_set():
+            self._loop_ticks += 1
+            self._run_tasks()
+            if self.paused.is_set():
+                # wait sources keep their frame for the resume; live cameras' frames are counted as paused drops
+                if not live:
+                    self._stop.wait(0.05)
+                    continue
+                for cam, (frame, _) in slots.take(None, timeout=0.1, only=live):
+                    lane = self.lanes[cam]
+                    lane.last_frame_id = frame.frame_id
+                    lane.paused_drops += 1
+                    self.paused_drops += 1
+                continue
+            ready = slots.take(self.max_batch, timeout=0.1)
+            if not ready:
+                if self._all_ended():
+                    self.request_stop("camera_end")
+                continue
+            self._inspect_batch(ready)
+            if self.cfg.frames is not None and self.judged >= self.cfg.frames:
+                self.request_stop("frames")
+
+    def _drops(self, lane: Lane | None = None) -> Drops:
+        """One camera's counters, or (lane None) the sums over the cameras."""
+        pub = self.publisher
+        lanes = self.lanes if lane is None else [lane]
+        cams = [l.camera for l in lanes if l.camera is not None]
         return Drops(
-            queue=cam.dropped if cam else 0,
-            camera_bad=cam.bad_frames if cam else 0,
-            paused=self.paused_drops,
-            failed=self.failed,
+            queue=sum(c.dropped for c in cams),
+            camera_bad=sum(c.bad_frames for c in cams),
+            paused=sum(l.paused_drops for l in lanes),
+            failed=sum(l.failed for l in lanes),
             publish=pub.drops if pub else 0,
         )
 
-    def _inspect(self, frame: Frame) -> None:
-        pack = self.pack  # one reference for the whole frame: a swap cannot land in the middle of it
+    def _judge_failed(self, lane: Lane, frame: Frame, e: BaseException) -> None:
+        lane.failed += 1
+        self.failed += 1
+        self.errors += 1
+        if self.errors <= 3:  # a model failing on every frame must not flood the log
+            log.error("judging frame %d of %s failed", frame.frame_id, lane.name, exc_info=e)
+        elif self.errors % 100 == 0:
+            log.warning("judging keeps failing (%d errors so far): %s: %s", self.errors, type(e).__name__, e)
+        detail = {"frame_id": frame.frame_id, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        if self.multi:
+            detail["camera"] = lane.name
+        self.publisher.publish_event("judge_error", detail)
+
+    def _inspect(self, lane: Lane, frame: Frame) -> None:
+        pack = lane.pack  # one reference for the whole frame: a swap cannot land in the middle of it
         t0 = time.monotonic()
         try:
             j = self.inspector.judge(frame.image, pack)
         except Exception as e:
-            self.failed += 1
-            self.errors += 1
-            if self.errors <= 3:  # a model failing on every frame must not flood the log
-                log.exception("judging frame %d failed", frame.frame_id)
-            elif self.errors % 100 == 0:
-                log.warning("judging keeps failing (%d errors so far): %s: %s", self.errors, type(e).__name__, e)
-            self.publisher.publish_event("judge_error", {"frame_id": frame.frame_id, "error": f"{type(e).__name__}: {str(e)[:300]}"})
+            self._judge_failed(lane, frame, e)
             return
-        t1 = time.monotonic()
+        self._publish(lane, frame, pack, j, t0, time.monotonic())
+
+    def _inspect_batch(self, ready: list[tuple[int, tuple[Frame, Any]]]) -> None:
+        """Frames of several cameras: one judge_batch; if it raises, each frame again alone (only the bad one fails)."""
+        todo = []
+        for cam, (frame, x) in ready:
+            lane = self.lanes[cam]
+            lane.last_frame_id = frame.frame_id
+            if isinstance(x, Exception):  # preprocessing on the camera's thread failed
+                self._judge_failed(lane, frame, x)
+            else:
+                todo.append((lane, frame, x, lane.pack))  # each camera's pack read once for this batch
+        if not todo:
+            return
+        insp = self.inspector
+        judge_batch = getattr(insp, "judge_batch", None)
+        t0 = time.monotonic()
+        js = None
+        if judge_batch is not None and len(todo) > 1:
+            try:
+                js = judge_batch([x for _, _, x, _ in todo], [pack for *_, pack in todo])
+                if len(js) != len(todo):
+                    raise AgptError(f"judge_batch returned {len(js)} judgements for {len(todo)} frames")
+            except Exception as e:
+                log.debug("batch of %d failed (%s: %s); judging its frames one by one", len(todo), type(e).__name__, e)
+                js = None
+        if js is not None:
+            t1 = time.monotonic()
+            for (lane, frame, _, pack), j in zip(todo, js):
+                self._publish(lane, frame, pack, j, t0, t1, len(todo))
+            return
+        for lane, frame, x, pack in todo:
+            t0 = time.monotonic()
+            try:
+                j = insp.judge(x, pack)
+            except Exception as e:
+                self._judge_failed(lane, frame, e)
+                continue
+            self._publish(lane, frame, pack, j, t0, time.monotonic())
+
+    def _publish(self, lane: Lane, frame: Frame, pack: ProductPack, j: Any, t0: float, t1: float, batch: int = 1) -> None:
         png, size = encode_mask(getattr(j, "map", None))
         mask = None
         if size is not None:
@@ -377,8 +567,11 @@ class Daemon:
             label = frame.truth.label
             truth = Truth(label=None if label is None else bool(label), has_mask=frame.truth.mask is not None)
             if label is not None:
+                ok = int(verdict == bool(label))
+                lane.truth_frames += 1
+                lane.truth_correct += ok
                 self.truth_frames += 1
-                self.truth_correct += int(verdict == bool(label))
+                self.truth_correct += ok
         latency = {"queue": (t0 - frame.capture_mono) * 1e3}
         latency.update({k: float(v) for k, v in (getattr(j, "latency_ms", None) or {}).items()})
         latency.update(judge=(t1 - t0) * 1e3, encode=(t2 - t1) * 1e3, total=(time.monotonic() - frame.capture_mono) * 1e3)
@@ -404,35 +597,49 @@ class Daemon:
             locations=list(getattr(j, "locations", None) or []),
             mask=mask,
             latency_ms={k: round(v, 3) for k, v in latency.items()},
-            drops=self._drops(),
+            drops=self._drops(lane),
             truth=truth,
+            batch=batch,
         )
         self.publisher.publish_result(header, png)
+        lane.judged += 1
         self.judged += 1
-        self._times.append(time.monotonic())
+        lane.times.append(time.monotonic())
         self._contexts.append(FrameContext(frame.frame_id, frame.camera, frame.image, j, pack, frame.capture_time))
 
     # ---- state for status / control ------------------------------------------------------------------
 
     def fps(self) -> float:
-        t = list(self._times)
-        if len(t) < 2 or time.monotonic() - t[-1] > 5.0:
-            return 0.0
-        return (len(t) - 1) / max(t[-1] - t[0], 1e-9)
+        return sum(l.fps() for l in self.lanes)
+
+    def _camera_status(self, lane: Lane) -> CameraStatus:
+        cam, pack = lane.camera, lane.pack
+        return CameraStatus(
+            name=lane.name,
+            product=pack.name if pack else None,
+            bank_id=pack.bank_id if pack else None,
+            camera_state=cam.state if cam else "opening",
+            fps=round(lane.fps(), 3),
+            queue_depth=len(cam.queue) if cam else 0,
+            frames_captured=cam.frame_id if cam else 0,
+            frames_judged=lane.judged,
+            drops=self._drops(lane),
+        )
 
     def status(self, final: bool = False) -> Status:
-        cam, pack = self.camera, self.pack
+        cams = [self._camera_status(l) for l in self.lanes]
+        first = cams[0]
         return Status(
             time=time.time(),
             uptime_s=round(time.monotonic() - self._started, 3) if self._started else 0.0,
             fps=round(self.fps(), 3),
-            queue_depth=len(cam.queue) if cam else 0,
+            queue_depth=sum(c.queue_depth for c in cams),
             drops=self._drops(),
-            product=pack.name if pack else None,
-            bank_id=pack.bank_id if pack else None,
-            camera=self.cfg.camera.name,
-            camera_state=cam.state if cam else "opening",
-            frames_captured=cam.frame_id if cam else 0,
+            product=first.product,
+            bank_id=first.bank_id,
+            camera=first.name,
+            camera_state=first.camera_state,
+            frames_captured=sum(c.frames_captured for c in cams),
             frames_judged=self.judged,
             results_published=self.publisher.last_seq("result") if self.publisher else 0,
             truth_frames=self.truth_frames,
@@ -440,6 +647,7 @@ class Daemon:
             paused=self.paused.is_set(),
             errors=self.errors,
             final=final,
+            cameras=cams,
         )
 
     def _heartbeat(self) -> Status:
@@ -458,24 +666,40 @@ class Daemon:
 
     # ---- control --------------------------------------------------------------------------------------
 
+    def _after_frame_ids(self, detail: dict) -> dict:
+        if self.multi:
+            detail["cameras"] = {l.name: l.last_frame_id for l in self.lanes}
+        return detail
+
+    def _targets(self, camera: str | None) -> list[Lane]:
+        return list(self.lanes) if camera is None else [self.lane(camera)]
+
     def handle(self, req: Request) -> Reply | Future:
         """Called on the control thread for every valid request; fast ones answered here."""
         if isinstance(req, StatusRequest):
             return Reply(ok=True, data=self.status().model_dump())
         if isinstance(req, ListProductsRequest):
-            return Reply(ok=True, data={"products": self.store.names(), "active": self.pack.name, "bank_id": self.pack.bank_id})
+            data = {"products": self.store.names(), "active": self.pack.name, "bank_id": self.pack.bank_id}
+            if self.multi:
+                data["cameras"] = {l.name: {"product": l.pack.name, "bank_id": l.pack.bank_id} for l in self.lanes}
+            return Reply(ok=True, data=data)
         if isinstance(req, PauseRequest):
             if not self.paused.is_set():
                 self.paused.set()
-                self.publisher.publish_event("paused", {"after_frame_id": self.last_frame_id})
+                self.publisher.publish_event("paused", self._after_frame_ids({"after_frame_id": self.last_frame_id}))
             return Reply(ok=True, data={"paused": True})
         if isinstance(req, ResumeRequest):
             if self.paused.is_set():
                 self.paused.clear()
-                self.publisher.publish_event("resumed", {"after_frame_id": self.last_frame_id})
+                self.publisher.publish_event("resumed", self._after_frame_ids({"after_frame_id": self.last_frame_id}))
             return Reply(ok=True, data={"paused": False})
+        if isinstance(req, (SwapBankRequest, AddProductRequest, AskRequest)) and req.camera is not None:
+            try:
+                self.lane(req.camera)
+            except AgptError as e:
+                return Reply(ok=False, error=str(e))
         if isinstance(req, SwapBankRequest):
-            return self._loader.submit(self._guard, self._swap_job, req.product)
+            return self._loader.submit(self._guard, self._swap_job, req.product, req.camera)
         if isinstance(req, AddProductRequest):
             return self._loader.submit(self._guard, self._add_job, req)
         if isinstance(req, AskRequest):
@@ -492,41 +716,56 @@ class Daemon:
             log.exception("control job failed")
             return Reply(ok=False, error=f"{type(e).__name__}: {str(e)[:300]}")
 
-    def _apply(self, pack: ProductPack) -> dict:
-        """On the loop thread, between two frames: the changeover itself (one reference assignment)."""
-        old = self.pack
-        self.pack = pack
-        info = {
-            "product": pack.name,
-            "bank_id": pack.bank_id,
-            "previous": {"product": old.name, "bank_id": old.bank_id},
-            "after_frame_id": self.last_frame_id,
-        }
-        self.publisher.publish_event("changeover", info)
-        log.info("changeover %s (%s) -> %s (%s) after frame %d", old.name, old.bank_id, pack.name, pack.bank_id, self.last_frame_id)
-        return info
+    def _apply(self, pack: ProductPack, lanes: list[Lane]) -> dict:
+        """On the loop thread, between two frames (batches): the changeover itself (one reference per camera)."""
+        per = {}
+        for lane in lanes:
+            old = lane.pack
+            lane.pack = pack
+            info = {
+                "product": pack.name,
+                "bank_id": pack.bank_id,
+                "previous": {"product": old.name, "bank_id": old.bank_id},
+                "after_frame_id": lane.last_frame_id,
+                "camera": lane.name,
+            }
+            self.publisher.publish_event("changeover", info)
+            log.info("changeover on %s: %s (%s) -> %s (%s) after frame %d", lane.name, old.name, old.bank_id, pack.name,
+                     pack.bank_id, lane.last_frame_id)  # fmt: skip
+            per[lane.name] = info
+        first = per[lanes[0].name]
+        out = {k: first[k] for k in ("product", "bank_id", "previous", "after_frame_id")}
+        out["cameras"] = {name: {"previous": i["previous"], "after_frame_id": i["after_frame_id"]} for name, i in per.items()}
+        return out
 
-    def _commit(self, pack: ProductPack, load_ms: float) -> Reply:
+    def _commit(self, pack: ProductPack, load_ms: float, lanes: list[Lane]) -> Reply:
         t0 = time.perf_counter()
-        info = self.call_in_loop(lambda: self._apply(pack)).result()
+        info = self.call_in_loop(lambda: self._apply(pack, lanes)).result()
         info["swap_wait_ms"] = round((time.perf_counter() - t0) * 1e3, 3)
         info["load_ms"] = round(load_ms, 3)
         try:
-            self.store.set_active(pack.name, pack.bank_id, base=self.cfg.product)
+            if self.multi:
+                self.store.set_active(pack.name, pack.bank_id, cameras={l.name: l.base_product for l in lanes})
+            else:
+                self.store.set_active(pack.name, pack.bank_id, base=self.cfg.product)
         except OSError as e:
             info["warning"] = f"not remembered for a restart: {e}"
             log.warning("could not record the active product: %s", e)
         return Reply(ok=True, data=info)
 
-    def _swap_job(self, product: str) -> Reply:
+    def _swap_job(self, product: str, camera: str | None = None) -> Reply:
+        lanes = self._targets(camera)
         t0 = time.perf_counter()
         try:
             pack = self.store.load(product)
         except AgptError as e:
-            old = self.pack
-            self.publisher.publish_event("swap_failed", {"product": product, "error": str(e), "kept": old.name, "kept_bank_id": old.bank_id})
+            old = lanes[0].pack
+            detail = {"product": product, "error": str(e), "kept": old.name, "kept_bank_id": old.bank_id}
+            if self.multi:
+                detail["camera"] = camera
+            self.publisher.publish_event("swap_failed", detail)
             raise
-        return self._commit(pack, (time.perf_counter() - t0) * 1e3)
+        return self._commit(pack, (time.perf_counter() - t0) * 1e3, lanes)
 
     def _shot_path(self, s: str) -> Path:
         p = Path(s).expanduser()
@@ -555,18 +794,19 @@ class Daemon:
         data = {"product": pack.name, "bank_id": pack.bank_id, "n_shots": len(images), "path": str(path), "build_ms": round(build_ms, 3)}
         self.publisher.publish_event("product_added", dict(data))
         if req.activate:
-            data["changeover"] = self._commit(pack, 0.0).data
+            data["changeover"] = self._commit(pack, 0.0, self._targets(req.camera)).data
         return Reply(ok=True, data=data)
 
     def _ask_task(self, req: AskRequest) -> Reply:
-        if not self._contexts:
-            raise AgptError("no frame judged yet")
+        kept = [c for c in self._contexts if req.camera is None or c.camera == req.camera]
+        if not kept:
+            raise AgptError("no frame judged yet" + (f" on camera {req.camera!r}" if req.camera else ""))
         if req.frame_id is None:
-            ctx = self._contexts[-1]
+            ctx = kept[-1]
         else:
-            ctx = next((c for c in self._contexts if c.frame_id == req.frame_id), None)
+            ctx = next((c for c in reversed(kept) if c.frame_id == req.frame_id), None)
             if ctx is None:
-                ids = [c.frame_id for c in self._contexts]
+                ids = [c.frame_id for c in kept]
                 raise AgptError(f"frame {req.frame_id} is not kept (kept: {ids[0]}..{ids[-1]})")
         ask = getattr(self.inspector, "ask", None)
         if ask is None:
@@ -575,8 +815,8 @@ class Daemon:
         answer = ask(ctx, req.question)
         return Reply(
             ok=True,
-            data={"frame_id": ctx.frame_id, "product": ctx.pack.name, "question": req.question, "answer": str(answer),
-                  "ms": round((time.perf_counter() - t0) * 1e3, 3)},
+            data={"frame_id": ctx.frame_id, "camera": ctx.camera, "product": ctx.pack.name, "question": req.question,
+                  "answer": str(answer), "ms": round((time.perf_counter() - t0) * 1e3, 3)},
         )  # fmt: skip
 
 

@@ -20,7 +20,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-from .config import PRODUCT_RE
+from .config import CAMERA_RE, PRODUCT_RE
 
 SCHEMA_VERSION = 1
 
@@ -91,8 +91,24 @@ class ResultHeader(BaseModel):
         description="per stage: queue (capture -> start), preprocess, encoder, map, prompt, llm, judge (all model "
         "stages), encode (PNG), total (capture -> publish)",
     )
-    drops: Drops = Field(default_factory=Drops)
+    drops: Drops = Field(default_factory=Drops, description="this camera's counters (publish: the daemon's)")
     truth: Truth | None = Field(None, description="present for labelled sources only")
+    batch: int = Field(1, description="frames judged together in one batch (several cameras); the model stages' "
+                                      "latency_ms are the whole batch's")
+
+
+class CameraStatus(BaseModel):
+    """One camera of the daemon (Status.cameras)."""
+
+    name: str
+    product: str | None = Field(description="product this camera's frames are judged as")
+    bank_id: str | None = Field(description="content id of its pack")
+    camera_state: Literal["opening", "open", "lost", "ended", "stopped"]
+    fps: float = Field(description="its judged frames per second over the last few seconds")
+    queue_depth: int = Field(description="its frames waiting for inspection")
+    frames_captured: int = Field(description="its last frame_id")
+    frames_judged: int
+    drops: Drops = Field(description="its counters (publish: the daemon's)")
 
 
 class Status(BaseModel):
@@ -100,14 +116,14 @@ class Status(BaseModel):
     seq: int = 0
     time: float = Field(description="unix time")
     uptime_s: float
-    fps: float = Field(description="judged frames per second over the last few seconds")
-    queue_depth: int = Field(description="frames waiting in the capture queue")
-    drops: Drops
-    product: str | None
-    bank_id: str | None
-    camera: str
-    camera_state: Literal["opening", "open", "lost", "ended", "stopped"]
-    frames_captured: int = Field(description="last frame_id given")
+    fps: float = Field(description="judged frames per second over the last few seconds (all cameras)")
+    queue_depth: int = Field(description="frames waiting in the capture queue (all cameras)")
+    drops: Drops = Field(description="counters summed over the cameras")
+    product: str | None = Field(description="the (first) camera's product; each camera's in `cameras`")
+    bank_id: str | None = Field(description="the (first) camera's pack id")
+    camera: str = Field(description="the (first) camera's name")
+    camera_state: Literal["opening", "open", "lost", "ended", "stopped"] = Field(description="the (first) camera's state")
+    frames_captured: int = Field(description="last frame_id given (several cameras: summed)")
     frames_judged: int
     results_published: int = Field(
         0, description="seq of the last result: a subscriber's own losses = this - results it received (gaps and tail)"
@@ -117,6 +133,7 @@ class Status(BaseModel):
     paused: bool
     errors: int = Field(0, description="judge errors so far")
     final: bool = Field(False, description="True on the last status before the daemon exits")
+    cameras: list[CameraStatus] = Field(default_factory=list, description="every camera: product, bank, fps, drops")
 
 
 class Event(BaseModel):
@@ -130,6 +147,7 @@ class Event(BaseModel):
 # ---- control channel ------------------------------------------------------------------------------
 
 ProductName = Annotated[str, Field(pattern=PRODUCT_RE, description="[A-Za-z0-9][A-Za-z0-9_.-]{0,63}; no slashes")]
+CameraName = Annotated[str, Field(pattern=CAMERA_RE, description="a camera's name in the config")]
 
 
 class _Request(BaseModel):
@@ -155,6 +173,7 @@ class SwapBankRequest(_Request):
 
     cmd: Literal["swap_bank"]
     product: ProductName
+    camera: CameraName | None = Field(None, description="only this camera changes over (None: every camera)")
 
 
 class AddProductRequest(_Request):
@@ -168,6 +187,7 @@ class AddProductRequest(_Request):
     )
     replace: bool = Field(False, description="overwrite an existing pack of that name")
     activate: bool = Field(False, description="swap to it once saved")
+    camera: CameraName | None = Field(None, description="with activate: only this camera swaps (None: every camera)")
 
 
 class AskRequest(_Request):
@@ -176,6 +196,7 @@ class AskRequest(_Request):
     cmd: Literal["ask"]
     question: str = Field(min_length=1, max_length=2000)
     frame_id: int | None = Field(None, ge=1, description="a recent frame (keep_frames are kept); None: the latest")
+    camera: CameraName | None = Field(None, description="that camera's frame (frame ids are per camera); None: any camera")
 
 
 class PauseRequest(_Request):
@@ -314,7 +335,7 @@ def schema_markdown() -> str:
         "## Published messages",
         "",
     ]
-    for m in (ResultHeader, MaskInfo, FrameTransformInfo, Drops, Truth, Status, Event):
+    for m in (ResultHeader, MaskInfo, FrameTransformInfo, Drops, Truth, Status, CameraStatus, Event):
         parts.append(_table(m))
     parts += [
         "## Control requests",

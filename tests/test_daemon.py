@@ -343,14 +343,16 @@ def test_add_product_ask_pause_resume(bundle, tmp_path):
 
         assert ctl(d, {"cmd": "pause"})["data"] == {"paused": True}
         deadline = time.monotonic() + 5
-        while d.paused_drops == 0:  # the loop has seen a frame since the pause: nothing is in flight
+        seen = -1
+        while d.judged != seen:  # no frame judged for 0.1 s: nothing is in flight
+            seen = d.judged
             assert time.monotonic() < deadline
-            time.sleep(0.01)
+            time.sleep(0.1)
         judged = d.judged
         time.sleep(0.2)
         assert d.judged == judged
         st = ctl(d, {"cmd": "status"})["data"]
-        assert st["paused"] and st["drops"]["paused"] > 0
+        assert st["paused"] and st["drops"]["paused"] == 0  # a when_full=wait stream holds its frames: none skipped
 
         a = ctl(d, {"cmd": "ask", "question": "Where is the crack?"})  # paused: the kept frames stay put
         assert a["ok"] and a["data"]["answer"].endswith("Where is the crack?") and a["data"]["product"] == "bolt"
