@@ -431,22 +431,27 @@ class Daemon:
         """One camera: one frame at a time, straight from its queue."""
         q = lane.camera.queue
         wait_source = lane.cfg.when_full == "wait"
+        held: Frame | None = None  # a wait source's frame taken just as a pause arrived: judged after the resume
         while not self._stop.is_set():
             self._loop_ticks += 1
             self._run_tasks()
             if self.paused.is_set() and wait_source:
                 self._stop.wait(0.05)  # a file/folder/synthetic stream waits for resume: no frame is skipped
                 continue
-            frame = q.get(timeout=0.1)
+            frame, held = (held, None) if held is not None else (q.get(timeout=0.1), None)
             if frame is None:
                 if q.closed and len(q) == 0 and lane.camera.state == "ended":
                     self.request_stop("camera_end")
                 continue
-            lane.last_frame_id = frame.frame_id
             if self.paused.is_set():
+                if wait_source:
+                    held = frame
+                    continue
+                lane.last_frame_id = frame.frame_id
                 lane.paused_drops += 1
                 self.paused_drops += 1
                 continue
+            lane.last_frame_id = frame.frame_id
             self._inspect(lane, frame)
             if self.cfg.frames is not None and self.judged >= self.cfg.frames:
                 self.request_stop("frames")

@@ -219,10 +219,7 @@ class Inspector:
         qs = [q or product_question(pk.description) for q, pk in zip(questions, packs)]
         ctxs = [FrameContext(E[i], P[i]) for i in range(n)]
         if self.verdict_mode == "first_token":
-            if n == 1:
-                firsts = [self.llm.first_token(E[0], P[0], qs[0])]
-            else:
-                firsts = self.llm.first_token_batch([(E[i], P[i], qs[i]) for i in range(n)])
+            firsts = self.llm.first_token_batch([(E[i], P[i], qs[i]) for i in range(n)])
             lap("llm")
             out = []
             for i, ft in enumerate(firsts):
@@ -232,10 +229,7 @@ class Inspector:
                 out.append(Judgement(verdict, p, scores[i], None, locations, maps[i], "llm-first_token", timings(i),
                                      prep[i].transform, ctxs[i], n))
             return out
-        if n == 1:
-            answers = [self.llm.answer(E[0], P[0], qs[0], self.max_new_tokens)]
-        else:
-            answers = self.llm.answer_batch([(E[i], P[i], qs[i]) for i in range(n)], self.max_new_tokens)
+        answers = self.llm.answer_batch([(E[i], P[i], qs[i]) for i in range(n)], self.max_new_tokens)
         lap("llm")
         prefill = getattr(answers[0], "prefill_ms", 0.0)
         if prefill:

@@ -6,6 +6,7 @@ Published (ZeroMQ PUB, multipart):
   <prefix>.event   [topic, Event JSON]                    changeover, camera lost/back, errors ...
 Every message has a per-topic `seq` (1, 2, 3 ...): a gap is a message this subscriber lost (slow reader,
 high-water mark). `frame_id` gaps are frames the daemon did not judge, each counted in `drops`.
+Several cameras: frame ids, products, banks and a result's `drops` are per camera (the header's `camera`).
 
 Control (ZeroMQ ROUTER; a REQ or DEALER client sends one JSON frame, gets one Reply JSON frame).
 docs/messages.md is generated from these models (`python -m runtime.messages > docs/messages.md`; a test checks it).
@@ -100,14 +101,14 @@ class ResultHeader(BaseModel):
 class CameraStatus(BaseModel):
     """One camera of the daemon (Status.cameras)."""
 
-    name: str
+    name: str = Field(description="the camera's name in the config (results carry it in `camera`)")
     product: str | None = Field(description="product this camera's frames are judged as")
     bank_id: str | None = Field(description="content id of its pack")
-    camera_state: Literal["opening", "open", "lost", "ended", "stopped"]
+    camera_state: Literal["opening", "open", "lost", "ended", "stopped"] = Field(description="its capture state")
     fps: float = Field(description="its judged frames per second over the last few seconds")
     queue_depth: int = Field(description="its frames waiting for inspection")
     frames_captured: int = Field(description="its last frame_id")
-    frames_judged: int
+    frames_judged: int = Field(description="its frames judged so far")
     drops: Drops = Field(description="its counters (publish: the daemon's)")
 
 
