@@ -89,6 +89,11 @@ class BackendConfig(_Strict):
     inter_op_threads: int | None = Field(None, ge=1, description="onnxruntime inter-op threads (None: its default)")
     llm_threads: int | None = Field(None, ge=1, description="llama.cpp threads (None: its default)")
     llm_gpu_layers: int = Field(0, ge=-1, description="llama.cpp layers offloaded to the GPU (-1: all)")
+    blas_threads: int | None = Field(
+        None, ge=1,
+        description="numpy's OpenBLAS threads (the normal-shot bank map's matrix products); None: its default, one per "
+        "core. Its idle threads spin: on a small host 1 keeps them from taking a core the cameras and engines need",
+    )  # fmt: skip
 
 
 class CurveConfig(_Strict):
@@ -136,6 +141,12 @@ class DaemonConfig(_Strict):
         "waiting frame (queue_size is not used): a live camera's newest frame replaces it (drops.queue), a "
         "`when_full: wait` source waits for it to be taken",
     )
+    max_batch: int | None = Field(
+        None, ge=1, le=16,
+        description="several cameras: most frames judged in one batch (None: one per camera); the cameras are served "
+        "round robin when more are ready. Each frame of a batch is one LLM sequence with its own 1024-position KV "
+        "cache (a 7B model with an F16 cache: about 0.5 GB per sequence), so a smaller batch bounds the memory",
+    )  # fmt: skip
     publish: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ PUB endpoint the results, status and events go out on")
     control: str = Field(
         "tcp://127.0.0.1:5556",

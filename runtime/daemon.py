@@ -185,6 +185,7 @@ class Daemon:
         self._ticks_at_beat = -1
         self.slots: CameraSlots | None = None
         self.max_batch = 1
+        self.batch_retries = 0  # batches judged again frame by frame after judge_batch raised
         self.publisher: Publisher | None = None
         self.control: ControlServer | None = None
         self._loop_thread: threading.Thread | None = None
@@ -215,10 +216,13 @@ class Daemon:
 
         if not self.multi:
             return Inspector.from_config(self.cfg.bundle, self.cfg.backend, self.cfg.verdict_mode)
-        # one LLM sequence per camera; n_ctx is per sequence: a frame's prompt (~100 positions) plus an answer
-        # fits 1024, and the KV cache stays cameras x 1024 cells
-        return Inspector.from_config(self.cfg.bundle, self.cfg.backend, self.cfg.verdict_mode, max_batch=len(self.lanes),
+        # one LLM sequence per frame of a batch; n_ctx is per sequence: a frame's prompt (~100 positions) plus an
+        # answer fits 1024, and the KV cache stays batch x 1024 cells
+        return Inspector.from_config(self.cfg.bundle, self.cfg.backend, self.cfg.verdict_mode, max_batch=self._batch_limit(),
                                      llm_options={"n_ctx": 1024})  # fmt: skip
+
+    def _batch_limit(self) -> int:
+        return min(len(self.lanes), self.cfg.max_batch or len(self.lanes))
 
     def _manifest_products(self) -> dict:
         products = getattr(self.inspector, "manifest_products", None)
@@ -251,6 +255,10 @@ class Daemon:
 
     def start(self) -> None:
         cfg = self.cfg
+        if cfg.backend.blas_threads is not None:
+            from .blas import set_blas_threads
+
+            set_blas_threads(cfg.backend.blas_threads)
         if self.inspector is None:
             self.inspector = self._open_inspector()
         self.store = ProductStore(cfg.bundle / "products", PackSpec.from_inspector(self.inspector), self._manifest_products())
@@ -272,7 +280,7 @@ class Daemon:
             raise AgptError(f"cannot bind {cfg.publish if self.publisher is None else cfg.control}: {e}") from None
         if self.multi:
             self.slots = CameraSlots(len(self.lanes))
-            self.max_batch = max(1, min(len(self.lanes), int(getattr(self.inspector, "max_batch", len(self.lanes)))))
+            self.max_batch = max(1, min(self._batch_limit(), int(getattr(self.inspector, "max_batch", len(self.lanes)))))
             prepare = getattr(self.inspector, "prepare", None)
             for lane, src in zip(self.lanes, self._sources):
                 sink = SlotQueue(self.slots, lane.index, lane.cfg.when_full, prepare)
@@ -544,7 +552,10 @@ class Daemon:
                 if len(js) != len(todo):
                     raise AgptError(f"judge_batch returned {len(js)} judgements for {len(todo)} frames")
             except Exception as e:
-                log.debug("batch of %d failed (%s: %s); judging its frames one by one", len(todo), type(e).__name__, e)
+                self.batch_retries += 1
+                if self.batch_retries <= 3 or self.batch_retries % 100 == 0:
+                    log.warning("a batch of %d frames failed (%s: %s); judging them one by one (%d times so far)",
+                                len(todo), type(e).__name__, str(e)[:200], self.batch_retries)  # fmt: skip
                 js = None
         if js is not None:
             t1 = time.monotonic()

@@ -40,7 +40,8 @@ def ensure_product(cfg: DaemonConfig, progress=print) -> None:
     """A pack for the config's product, from the synthetic line's own normal parts (never its defects)."""
     if (cfg.bundle / "products" / cfg.product / "pack.npz").is_file():
         return
-    if cfg.camera.kind != "synthetic":
+    cam = cfg.camera_list[0]  # with `cameras:`, the first camera's line makes the shots
+    if cam.kind != "synthetic":
         raise AgptError(f"product {cfg.product!r} has no pack: build one with 'agpt bank build' (the demo only makes packs for a synthetic line)")
     from .bank import PackSpec, ProductStore, build_pack
     from .inspector import Inspector
@@ -48,7 +49,7 @@ def ensure_product(cfg: DaemonConfig, progress=print) -> None:
 
     n = cfg.demo.shots if cfg.demo else 4
     progress(f"[demo] setting up product {cfg.product!r} from {n} normal shots")
-    source = make_source(cfg.camera.source, cfg.camera.loop, **cfg.camera.options)
+    source = make_source(cam.source, cam.loop, **cam.options)
     shots = source.normal_shots(n)
     insp = Inspector.from_config(cfg.bundle, cfg.backend, cfg.verdict_mode)
     description = cfg.demo.description if cfg.demo else ""

@@ -40,12 +40,14 @@ class FakeInspector:
     text_dim = TEXT_DIM
     manifest_products: dict = {}
 
-    def __init__(self, delay: float = 0.0, fail_frames: set[int] | None = None):
+    def __init__(self, delay: float = 0.0, fail_frames: set[int] | None = None, max_batch: int = 8):
         self.delay = delay
         self.fail_values = fail_frames or set()
         self.calls = 0
         self.banks_seen: list[str] = []
         self.ask_gate: threading.Event | None = None  # when set up, ask() waits for it (a slow LLM)
+        self.max_batch = max_batch
+        self.batch_sizes: list[int] = []  # one entry per judge_batch call
 
     def taps(self, image_bgr: np.ndarray) -> list[np.ndarray]:
         import cv2
@@ -60,9 +62,12 @@ class FakeInspector:
         return t / np.linalg.norm(t, axis=1, keepdims=True)
 
     def judge(self, frame_bgr: np.ndarray, pack) -> FakeJudgement:
-        self.calls += 1
         if self.delay:
             time.sleep(self.delay)
+        return self._judgement(frame_bgr, pack)
+
+    def _judgement(self, frame_bgr: np.ndarray, pack) -> FakeJudgement:
+        self.calls += 1
         value = int(frame_bgr[0, 0, 0])
         if value in self.fail_values:
             raise RuntimeError(f"fake failure on pixel value {value}")
@@ -75,6 +80,19 @@ class FakeInspector:
             verdict, score, float(m.max()), None, ["top left"] if verdict else [], m, "llm-first_token",
             {"preprocess": 0.1, "encoder": 0.2, "map": 0.1, "prompt": 0.1, "llm": 0.3}, pack.bank_id,
         )  # fmt: skip
+
+    def judge_batch(self, frames, packs) -> list[FakeJudgement]:
+        """Several cameras' frames in one call (as Inspector.judge_batch): one delay for the whole batch; one
+        failing frame fails the call (the daemon then judges the frames one by one)."""
+        frames, packs = list(frames), list(packs)
+        assert len(frames) == len(packs) <= self.max_batch, (len(frames), len(packs), self.max_batch)
+        self.batch_sizes.append(len(frames))
+        if self.delay:
+            time.sleep(self.delay)
+        bad = [int(f[0, 0, 0]) for f in frames if int(f[0, 0, 0]) in self.fail_values]
+        if bad:
+            raise RuntimeError(f"fake batch failure on pixel value {bad[0]}")
+        return [self._judgement(f, p) for f, p in zip(frames, packs)]
 
     def ask(self, ctx, question: str) -> str:
         if self.ask_gate is not None:
@@ -171,7 +189,9 @@ def make_bundle(root: Path, insp: FakeInspector | None = None) -> Path:
 
 
 def daemon_config(bundle: Path, **kw) -> DaemonConfig:
-    camera = kw.pop("camera", None) or CameraConfig(kind="synthetic", source="test", when_full="wait", queue_size=4)
+    camera = kw.pop("camera", None)
+    if camera is None and kw.get("cameras") is None:
+        camera = CameraConfig(kind="synthetic", source="test", when_full="wait", queue_size=4)
     base = dict(
         bundle=bundle, product="widget", camera=camera, publish="tcp://127.0.0.1:*", control="tcp://127.0.0.1:*",
         topic_prefix="line1.station3", heartbeat_s=0.2, log_level="WARNING",
@@ -201,3 +221,9 @@ def collect(sub, until, timeout: float = 10.0) -> dict:
 
 def final_seen(bag: dict) -> bool:
     return any(s.final for s in bag["statuses"])
+
+
+def multi_config(bundle: Path, cameras: list[dict], **kw) -> DaemonConfig:
+    """A config with `cameras:` (each dict: name, and optionally product / when_full / ...; synthetic kind)."""
+    cams = [CameraConfig(**{"kind": "synthetic", "source": "test", "when_full": "wait", **c}) for c in cameras]
+    return daemon_config(bundle, camera=None, cameras=cams, **kw)
