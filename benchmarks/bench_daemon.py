@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from runtime.config import CameraConfig, DaemonConfig  # noqa: E402
+from runtime.config import BackendConfig, CameraConfig, DaemonConfig  # noqa: E402
 from runtime.control import request  # noqa: E402
 from runtime.daemon import Daemon  # noqa: E402
 from runtime.subscribe import ResultMessage, ResultSubscriber  # noqa: E402
@@ -80,8 +80,6 @@ def camera_run(args, shape, n_cams: int) -> dict:
     from types import SimpleNamespace
 
     import zmq
-
-    from runtime.config import BackendConfig
 
     providers = [p.strip() for p in args.providers.split(",") if p.strip()]
     backend = BackendConfig(providers=providers, intra_op_threads=args.threads, llm_threads=args.llm_threads,
@@ -213,13 +211,15 @@ def main() -> int:
 
         tmp = Path(tempfile.mkdtemp())
         bundle, inspector, product, other = make_bundle(tmp / "bundle"), FakeInspector(), "widget", "gadget"
+        backend = BackendConfig()
         label = "fake inspector"
     else:
-        from runtime.config import BackendConfig
         from runtime.inspector import Inspector
 
         providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-        inspector = Inspector.from_config(args.bundle, BackendConfig(providers=providers), "first_token")
+        backend = BackendConfig(providers=providers, intra_op_threads=args.threads, llm_threads=args.llm_threads,
+                                blas_threads=args.blas_threads)
+        inspector = Inspector.from_config(args.bundle, backend, "first_token")
         bundle, product, other = args.bundle, args.product, args.swap_to
         label = f"bundle {bundle}"
 
@@ -227,7 +227,7 @@ def main() -> int:
         return DaemonConfig(
             bundle=bundle, product=product, camera=CameraConfig(kind="synthetic", source="bench", **cam),
             publish="tcp://127.0.0.1:*", control="tcp://127.0.0.1:*", sndhwm=10000, log_level="WARNING",
-            resume_last_product=False,
+            resume_last_product=False, backend=backend,
         )  # fmt: skip
 
     # -- phase 1: throughput --
