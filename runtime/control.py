@@ -166,22 +166,30 @@ class ControlServer:
         self._pending = []
 
 
-def request(endpoint: str, payload: dict | bytes, timeout_s: float = 5.0, curve: dict | None = None, ctx: zmq.Context | None = None) -> dict:
+def request(endpoint: str, payload: dict | bytes, timeout_s: float = 5.0, curve: dict | None = None, ctx: zmq.Context | None = None,
+            max_reply_bytes: int = 16 << 20) -> dict:
     """One request from a short-lived client (health checks, scripts). TimeoutError when nothing answers.
 
-    curve: {"server_public_key": path to server.key, "client_secret_key": path to client.key_secret}.
+    curve: {"server_public_key": path to server.key, "client_secret_key": path to client.key_secret}; without
+    a client key a throwaway identity is used (enough for a daemon that accepts any CURVE client).
+    A DEALER sends [b"", request], the envelope a REQ sends, so REP and ROUTER servers both answer.
     """
     own = ctx is None
     ctx = ctx or zmq.Context()
     sock = ctx.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, 16 << 20)
+    sock.setsockopt(zmq.MAXMSGSIZE, max_reply_bytes)
     try:
         if curve:
             from zmq import auth as zauth
 
             server_public, _ = zauth.load_certificate(str(curve["server_public_key"]))
-            pub, sec = zauth.load_certificate(str(curve["client_secret_key"]))
+            if curve.get("client_secret_key"):
+                pub, sec = zauth.load_certificate(str(curve["client_secret_key"]))
+                if sec is None:
+                    raise ValueError(f"{curve['client_secret_key']} holds no secret key")
+            else:
+                pub, sec = zmq.curve_keypair()
             sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, pub, sec
         sock.connect(endpoint)
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import zmq
 
+from .control import request
+
 DEFAULT_ENDPOINT = "tcp://127.0.0.1:5556"
 # Environment defaults: a container changes the probe with `docker run -e ...`, not a new HEALTHCHECK.
 ENDPOINT_ENV = "AGPT_CONTROL_ENDPOINT"
@@ -50,21 +52,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="print nothing when healthy")
 
 
-def _load_curve(sock: zmq.Socket, server_key: Path, client_key: Path | None) -> None:
-    import zmq.auth  # only needed for CURVE; keeps the plain path's import light
-
-    server_public, _ = zmq.auth.load_certificate(server_key)
-    if client_key is not None:
-        public, secret = zmq.auth.load_certificate(client_key)
-        if secret is None:
-            raise ValueError(f"{client_key} holds no secret key")
-    else:  # a throwaway identity: enough for a daemon that accepts any CURVE client
-        public, secret = zmq.curve_keypair()
-    sock.curve_serverkey = server_public
-    sock.curve_publickey = public
-    sock.curve_secretkey = secret
-
-
 def check(
     endpoint: str,
     timeout: float = 2.0,
@@ -72,28 +59,15 @@ def check(
     client_key: Path | None = None,
 ) -> tuple[bool, str]:
     """One status round trip. Returns (healthy, one-line reason or summary)."""
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
+    curve = {"server_public_key": server_key, "client_secret_key": client_key} if server_key is not None else None
     try:
-        sock.setsockopt(zmq.LINGER, 0)  # an unsent request must not keep the process alive
-        sock.setsockopt(zmq.MAXMSGSIZE, MAX_REPLY_BYTES)
-        if server_key is not None:
-            _load_curve(sock, server_key, client_key)
-        sock.connect(endpoint)
-        sock.send_multipart([b"", json.dumps({"cmd": "status"}).encode()])
-        if not sock.poll(int(timeout * 1000), zmq.POLLIN):
-            return False, f"no answer from {endpoint} within {timeout:g} s"
-        frames = sock.recv_multipart()
+        reply = request(endpoint, {"cmd": "status"}, timeout, curve, max_reply_bytes=MAX_REPLY_BYTES)
+    except TimeoutError:
+        return False, f"no answer from {endpoint} within {timeout:g} s"
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        return False, f"malformed answer from {endpoint}: {str(e)[:120]}"
     except (zmq.ZMQError, OSError, ValueError) as e:
         return False, f"cannot query {endpoint}: {e}"
-    finally:
-        sock.close(0)
-        ctx.term()
-    body = frames[-1] if frames else b""  # REP and ROUTER both put the answer in the last frame
-    try:
-        reply = json.loads(body)
-    except ValueError:
-        return False, f"malformed answer from {endpoint}: {body[:80]!r}"
     if not isinstance(reply, dict):
         return False, f"malformed answer from {endpoint}: not a JSON object"
     if reply.get("ok") is not True:
