@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -17,5 +19,6 @@ def lite_bundle() -> Path:
 
         torch.set_num_threads(2)
         out = Path(tempfile.mkdtemp(prefix="agpt-lite-")) / "lite"
+        atexit.register(shutil.rmtree, out.parent, ignore_errors=True)  # ~20 MB a run: leave no litter
         _BUNDLE = export_lite(out, progress=lambda *_: None)
     return _BUNDLE
