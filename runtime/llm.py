@@ -21,6 +21,7 @@ attention mask is per sequence), so a batched frame gives the logits it gives al
 
 from __future__ import annotations
 
+import codecs
 import collections
 import ctypes
 import os
@@ -35,6 +36,11 @@ import numpy as np
 from .errors import AgptError
 from .gguf_tokens import read_token_embeddings
 from .prompt import PromptLayout, question_text
+
+# SentencePiece (the reference's decoder) turns every byte of an invalid UTF-8 sequence into its own U+FFFD;
+# Python's "replace" gives one per maximal invalid run. Per byte, so answers match the reference to the letter.
+SP_REPLACE = "agpt-sentencepiece-replace"
+codecs.register_error(SP_REPLACE, lambda e: ("\ufffd" * (e.end - e.start), e.end))
 
 _LOG: collections.deque[str] = collections.deque(maxlen=64)
 _VERBOSE = False
@@ -271,7 +277,7 @@ class LlmSession:
             cap = -n + 1
             buf = ctypes.create_string_buffer(cap)
             n = ll.llama_detokenize(self._vocab, arr, len(tokens), buf, cap, True, False)
-        return buf.raw[:n].decode("utf-8", "replace")
+        return buf.raw[:n].decode("utf-8", SP_REPLACE)
 
     @property
     def single_batch(self) -> bool:
