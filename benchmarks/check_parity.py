@@ -1,6 +1,6 @@
 """Whole-pipeline fidelity on every test frame of a dataset category: runtime vs the PyTorch oracle.
 
-    python benchmarks/check_parity.py [--data ../shared/datasets] [--category cookie] [--new-tokens 64] [--json]
+    python benchmarks/check_parity.py [--data ../shared/datasets] [--category cookie] [--new-tokens 512] [--json]
 
 On tiny official-format checkpoints (made here, seeded) exported as two bundles (F32 and Q8_0 GGUF):
 - F32 bundle, `answer` mode vs the reference's greedy answer: identical text on every frame? max map and
@@ -37,7 +37,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "datasets")
     ap.add_argument("--category", default="cookie")
-    ap.add_argument("--new-tokens", type=int, default=64, help="answer length cap, both sides (random weights never stop)")
+    ap.add_argument("--new-tokens", type=int, default=512, help="answer length cap, both sides (512: the reference's own)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     frames = sorted((args.data / args.category / "test").glob("*/*.png"))
