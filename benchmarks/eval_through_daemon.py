@@ -28,7 +28,7 @@ from runtime.inspector import Inspector  # noqa: E402
 from runtime.subscribe import ResultMessage, ResultSubscriber, StatusMessage  # noqa: E402
 
 
-def compare(bundle: Path, data: Path, category: str, shots: int, port: int = 47555, max_images: int | None = None) -> dict:
+def compare(bundle: Path, data: Path, category: str, shots: int, max_images: int | None = None) -> dict:
     insp = Inspector.from_config(bundle)
     ev = evaluate(bundle, data, category, shots=shots, draws=1, seed=0, max_images=max_images, inspector=insp, progress=lambda *_: None)
     draw = ev["draw_results"][0]
@@ -44,12 +44,12 @@ def compare(bundle: Path, data: Path, category: str, shots: int, port: int = 475
         cfg = parse_config({
             "bundle": str(bundle), "product": category, "start_paused": True, "frames": len(frames),
             "camera": {"kind": "folder", "source": str(folder), "when_full": "wait"},
-            "publish": f"tcp://127.0.0.1:{port}", "control": f"tcp://127.0.0.1:{port + 1}", "topic_prefix": "eval.daemon",
+            "publish": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*", "topic_prefix": "eval.daemon",
         })
         daemon = Daemon(cfg, inspector=insp)
         daemon.start()
         got: dict[int, object] = {}
-        with ResultSubscriber(cfg.publish, ["eval.daemon."]) as sub:
+        with ResultSubscriber(daemon.publish_endpoint, ["eval.daemon."]) as sub:
             t = threading.Thread(target=lambda: (daemon.wait(), daemon.shutdown()), daemon=True)
             t.start()
             resumed = False
@@ -59,7 +59,7 @@ def compare(bundle: Path, data: Path, category: str, shots: int, port: int = 475
                     break
                 if isinstance(msg, StatusMessage):
                     if not resumed:
-                        request(cfg.control, {"cmd": "resume"})
+                        request(daemon.control_endpoint, {"cmd": "resume"})
                         resumed = True
                     if msg.status.final:
                         break

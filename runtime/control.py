@@ -24,7 +24,7 @@ from concurrent.futures import Future
 import zmq
 
 from .messages import Reply, Request, RequestError, parse_request
-from .publish import apply_curve_server, apply_socket_limits
+from .publish import bound_socket
 
 log = logging.getLogger("agpt.control")
 
@@ -53,13 +53,9 @@ class ControlServer:
     ):
         self.handler = handler
         self.max_message_bytes = max_message_bytes
-        self.sock = ctx.socket(zmq.ROUTER)
-        apply_socket_limits(self.sock, max_message_bytes)
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)  # a reply to a vanished client is dropped, not an error
-        self.sock.setsockopt(zmq.SNDHWM, 1000)
-        if curve_secret_key is not None:
-            apply_curve_server(self.sock, curve_secret_key)
-        self.sock.bind(endpoint)
+        # ROUTER_MANDATORY 0: a reply to a vanished client is dropped, not an error
+        self.sock = bound_socket(ctx, zmq.ROUTER, endpoint, max_message_bytes, curve_secret_key,
+                                 {zmq.ROUTER_MANDATORY: 0, zmq.SNDHWM: 1000})
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.requests = 0
         self.errors = 0

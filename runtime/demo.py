@@ -58,10 +58,11 @@ def ensure_product(cfg: DaemonConfig, progress=print) -> None:
     progress(f"[demo] pack {pack.bank_id} written; calibration: {pack.calibration or 'none (the LLM judges)'}")
 
 
-def watch(cfg: DaemonConfig, daemon_thread: threading.Thread, on_line=print) -> int:
-    """Subscribe, resume the paused daemon once subscribed, print one line per result until the final status."""
+def watch(cfg: DaemonConfig, daemon_thread: threading.Thread, publish: str, control: str, on_line=print) -> int:
+    """Subscribe, resume the paused daemon once subscribed, print one line per result until the final status.
+    publish/control: the endpoints the daemon actually bound (a config may ask for any free port, tcp://host:*)."""
     tally = Tally()
-    with ResultSubscriber(cfg.publish, [cfg.topic_prefix + "."]) as sub:
+    with ResultSubscriber(publish, [cfg.topic_prefix + "."]) as sub:
         resumed = False
         while daemon_thread.is_alive() or sub.sock.poll(0):
             msg = sub.recv(0.5)
@@ -69,7 +70,7 @@ def watch(cfg: DaemonConfig, daemon_thread: threading.Thread, on_line=print) -> 
                 continue
             if isinstance(msg, StatusMessage):
                 if not resumed:  # subscribed: now no result can be missed
-                    request(cfg.control, {"cmd": "resume"})
+                    request(control, {"cmd": "resume"})
                     resumed = True
                 if msg.status.final:
                     break
@@ -107,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     t = threading.Thread(target=serve, name="daemon", daemon=True)
     t.start()
     try:
-        watch(cfg, t)
+        watch(cfg, t, daemon.publish_endpoint, daemon.control_endpoint)
     except KeyboardInterrupt:
         print("[demo] Ctrl-C: stopping after the frame in flight")
         daemon.request_stop("SIGINT")

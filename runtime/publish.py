@@ -44,6 +44,24 @@ def apply_curve_server(sock: zmq.Socket, secret_key_file) -> None:
     sock.curve_server = True
 
 
+def bound_socket(ctx: zmq.Context, kind: int, endpoint: str, max_message_bytes: int, curve_secret_key=None,
+                 options: dict[int, int] | None = None) -> zmq.Socket:
+    """A socket with the limits, options and CURVE applied, bound to endpoint. On any failure (a port in use,
+    a bad key) the socket is closed before the error goes up: a socket left open makes ctx.term() wait forever."""
+    sock = ctx.socket(kind)
+    try:
+        apply_socket_limits(sock, max_message_bytes)
+        for opt, value in (options or {}).items():
+            sock.setsockopt(opt, value)
+        if curve_secret_key is not None:
+            apply_curve_server(sock, curve_secret_key)
+        sock.bind(endpoint)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    return sock
+
+
 class Publisher:
     def __init__(
         self,
@@ -60,13 +78,9 @@ class Publisher:
         self.prefix = prefix
         self.heartbeat_s = heartbeat_s
         self.status_fn = status_fn
-        self.sock = ctx.socket(zmq.XPUB)
-        apply_socket_limits(self.sock, max_message_bytes)
-        self.sock.setsockopt(zmq.SNDHWM, sndhwm)
-        self.sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscription, for the late-joiner status
-        if curve_secret_key is not None:
-            apply_curve_server(self.sock, curve_secret_key)
-        self.sock.bind(endpoint)
+        # XPUB_VERBOSE: see every subscription, for the late-joiner status
+        self.sock = bound_socket(ctx, zmq.XPUB, endpoint, max_message_bytes, curve_secret_key,
+                                 {zmq.SNDHWM: sndhwm, zmq.XPUB_VERBOSE: 1})
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.out: queue.Queue = queue.Queue(queue_size)
         self.drops = 0  # our queue full

@@ -733,3 +733,31 @@ def test_soak_memory_stays_flat(bundle, tmp_path):
     print(f"soak ({label}): {d.judged} frames in {time.monotonic() - t0:.0f} s, {got} received, {swaps} swaps, "
           f"RSS {rss['warm']} -> {rss['end']} KiB ({100 * growth:+.2f}%)")
     assert d.judged == n and got + sum(sub.lost.values()) == n and growth < 0.05
+
+
+@pytest.mark.parametrize("which", ["publish", "control"])
+def test_port_in_use_is_a_clear_error_not_a_hang(bundle, which):
+    from runtime.errors import AgptError
+
+    ctx = zmq.Context()
+    squatter = ctx.socket(zmq.PUB)
+    squatter.setsockopt(zmq.LINGER, 0)
+    port = squatter.bind_to_random_port("tcp://127.0.0.1")
+    try:
+        d = Daemon(daemon_config(bundle, **{which: f"tcp://127.0.0.1:{port}"}), inspector=FakeInspector(), source=CountingSource())
+        done = threading.Event()
+        errors = []
+
+        def start():
+            try:
+                d.start()
+            except AgptError as e:
+                errors.append(str(e))
+            done.set()
+
+        threading.Thread(target=start, daemon=True).start()
+        assert done.wait(10), "Daemon.start hung on a port in use"
+        assert errors and "cannot bind" in errors[0] and str(port) in errors[0]
+    finally:
+        squatter.close()
+        ctx.term()

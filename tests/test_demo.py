@@ -11,19 +11,19 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _config(tmp_path: Path, name: str, port: int) -> Path:
+def _config(tmp_path: Path, name: str) -> Path:
     cfg = yaml.safe_load((REPO / "configs" / name).read_text())
     cfg["bundle"] = str(tmp_path / "bundle")
-    cfg["publish"], cfg["control"] = f"tcp://127.0.0.1:{port}", f"tcp://127.0.0.1:{port + 1}"
+    cfg["publish"], cfg["control"] = "tcp://127.0.0.1:*", "tcp://127.0.0.1:*"  # any free ports
     path = tmp_path / name
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-@pytest.mark.parametrize("name, port", [("demo.yaml", 46511), ("demo-tiny.yaml", 46521)])
-def test_demo_runs_from_nothing(tmp_path, name, port):
+@pytest.mark.parametrize("name", ["demo.yaml", "demo-tiny.yaml"])
+def test_demo_runs_from_nothing(tmp_path, name):
     n = 12
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "demo", "--config", str(_config(tmp_path, name, port)), "--frames", str(n)],
+    r = subprocess.run([sys.executable, "-m", "runtime.cli", "demo", "--config", str(_config(tmp_path, name)), "--frames", str(n)],
                        capture_output=True, text=True, timeout=600, cwd=REPO)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("frame ")]

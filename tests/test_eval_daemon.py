@@ -10,7 +10,7 @@ from eval_through_daemon import compare  # noqa: E402
 
 
 def test_daemon_gives_eval_numbers(cookie):
-    r = compare(lite_bundle(), cookie.parent, "cookie", shots=4, port=47561, max_images=16)
+    r = compare(lite_bundle(), cookie.parent, "cookie", shots=4, max_images=16)
     assert r["received"] == r["frames"] == 16
     assert r["same_verdict"] == r["frames"]
     assert r["max_score_diff"] < 1e-5
