@@ -24,18 +24,9 @@ REL_TOL = {"fp32": 1e-3, "fp16": 5e-2}
 
 def load_images(paths: list[Path]) -> np.ndarray:
     """(B,3,224,224) float32 through the runtime's reference transform (the same tensor feeds torch and the graphs)."""
-    from PIL import Image
+    from runtime.preprocess import load_image, preprocess
 
-    from runtime.preprocess import preprocess
-
-    xs = []
-    for p in paths:
-        try:
-            rgb = np.asarray(Image.open(p).convert("RGB"))
-        except (OSError, ValueError) as e:
-            raise AgptError(f"{p}: not a readable image ({e})") from None
-        xs.append(preprocess(rgb, bgr=False)[0])
-    return np.stack(xs).astype(np.float32)
+    return np.stack([preprocess(load_image(p))[0] for p in paths]).astype(np.float32)
 
 
 def _stat(got: np.ndarray, ref: np.ndarray) -> dict:

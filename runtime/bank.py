@@ -31,12 +31,12 @@ import numpy as np
 
 from .config import PRODUCT_RE
 from .errors import AgptError
+from .preprocess import IMAGE_EXTS, decode_image
 
 PACK_SCHEMA = 1
 PACK_FILE = "pack.npz"
 ACTIVE_FILE = ".active.json"  # a leading dot: no product name can collide with it
 MAX_SHOT_BYTES = 64 << 20
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _PRODUCT = re.compile(PRODUCT_RE)
 _BANK_KEY = re.compile(r"^bank_(\d+)$")
 
@@ -225,8 +225,6 @@ def read_pack(path: Path, spec: PackSpec | None = None, name: str | None = None)
 
 def read_image(path: str | Path, max_bytes: int = MAX_SHOT_BYTES) -> tuple[np.ndarray, str]:
     """A shot image as BGR uint8 and the sha256 of its file, or AgptError naming it."""
-    import cv2
-
     path = Path(path)
     try:
         if not path.is_file():
@@ -236,10 +234,7 @@ def read_image(path: str | Path, max_bytes: int = MAX_SHOT_BYTES) -> tuple[np.nd
         data = path.read_bytes()
     except OSError as e:
         raise AgptError(f"{path}: cannot read ({e.strerror or e})") from None
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if img is None or img.size == 0:
-        raise AgptError(f"{path}: not a readable image")
-    return img, hashlib.sha256(data).hexdigest()
+    return decode_image(data, path), hashlib.sha256(data).hexdigest()
 
 
 def build_pack(

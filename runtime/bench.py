@@ -36,9 +36,9 @@ from types import SimpleNamespace
 import numpy as np
 
 from .errors import AgptError
+from .preprocess import IMAGE_EXTS
 
 STAGES = ("preprocess", "encoder", "map", "prompt", "llm", "llm_prefill", "llm_decode", "publish", "total")
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 REPO = Path(__file__).resolve().parents[1]
 # the --ckpt-dir convention (export/checkpoints.py), repeated here so this process never imports torch
 CKPT_FILES = {"imagebind": "imagebind_ckpt/imagebind_huge.pth", "pandagpt": "pandagpt_ckpt/pytorch_model.pt",

@@ -25,10 +25,10 @@ import numpy as np
 
 from .config import CameraConfig
 from .errors import AgptError
+from .preprocess import IMAGE_EXTS
 
 log = logging.getLogger("agpt.camera")
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 MIN_SIDE = 8  # smaller frames are not a picture of a product: counted as bad
 
 
@@ -126,7 +126,7 @@ class FolderSource:
         self.eof = False
 
     def read(self):
-        import cv2
+        from .preprocess import load_image
 
         if self.i >= len(self.files):
             if not self.loop:
@@ -135,7 +135,10 @@ class FolderSource:
             self.i = 0
         path = self.files[self.i]
         self.i += 1
-        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)  # unchanged: gray/alpha handled like a camera's
+        try:
+            img = load_image(path)  # decoded as eval and the reference decode files
+        except AgptError:
+            img = None
         return True, img, None  # None image -> counted as a bad frame, the stream goes on
 
     def close(self) -> None:

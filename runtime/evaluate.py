@@ -31,8 +31,8 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AgptError
+from .preprocess import IMAGE_EXTS
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 GOOD = "good"
 
 

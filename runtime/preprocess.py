@@ -101,16 +101,33 @@ def map_to_frame(m: np.ndarray, t: FrameTransform) -> np.ndarray:
     return cv2.resize(canvas, (t.width, t.height), interpolation=cv2.INTER_LINEAR)
 
 
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what folder sources and eval read
+
+
+def decode_image(data: bytes, name: object = "image") -> np.ndarray:
+    """Encoded image bytes -> BGR uint8, decoded as the reference does (PIL, .convert('RGB')), or AgptError.
+
+    Every image file the project reads (shots, folder cameras, eval, the oracle) goes through here, so a JPEG
+    shot and the same JPEG as a test frame are the same pixels on every path."""
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            rgb = np.asarray(img.convert("RGB"))
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise AgptError(f"{name}: not a readable image ({e})") from None
+    return np.ascontiguousarray(rgb[:, :, ::-1])
+
+
 def load_image(path) -> np.ndarray:
     """An image file as a BGR uint8 array (what cameras give), or AgptError naming the file."""
     from pathlib import Path
 
     p = Path(path)
     try:
-        with Image.open(p) as img:
-            rgb = np.asarray(img.convert("RGB"))
+        data = p.read_bytes()
     except FileNotFoundError:
         raise AgptError(f"{p}: no such image file") from None
-    except (OSError, ValueError) as e:
-        raise AgptError(f"{p}: not a readable image ({e})") from None
-    return np.ascontiguousarray(rgb[:, :, ::-1])
+    except OSError as e:
+        raise AgptError(f"{p}: cannot read ({e.strerror or e})") from None
+    return decode_image(data, p)

@@ -35,8 +35,8 @@ import cv2
 import numpy as np
 
 from .errors import AgptError
+from .preprocess import IMAGE_EXTS, load_image
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 KINDS = ("cutpaste", "scratch", "spot")
 PROCEDURAL = ("", "procedural", "textures", "none")
 VISIBLE = 20.0  # mean |dB|+|dG|+|dR| under a pasted patch: about 7 grey levels a channel
@@ -63,10 +63,7 @@ def load_normals(folder: Path, max_side: int) -> tuple[list[np.ndarray], list[st
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
     images, names = [], []
     for p in files:
-        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
-        if img is None:
-            raise AgptError(f"{p}: not a readable image")
-        images.append(_fit(img, max_side))
+        images.append(_fit(load_image(p), max_side))
         names.append(p.name)
     return images, names
 
