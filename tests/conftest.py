@@ -32,4 +32,15 @@ def tiny_bundle(tiny_ckpt, tmp_path_factory) -> Path:
     return export_bundle(tiny_ckpt, out, products={"cookie": COOKIE_DESCRIPTION}, quant="F32", progress=lambda *_: None)
 
 
+@pytest.fixture(scope="session")
+def lite_bundle(tmp_path_factory) -> Path:
+    """The EfficientNet-Lite0 bundle behind the demo, exported once per run."""
+    import torch
+
+    from export.lite import export_lite
+
+    torch.set_num_threads(2)
+    return export_lite(tmp_path_factory.mktemp("lite") / "lite", progress=lambda *_: None)
+
+
 COOKIE_DESCRIPTION = "This is a photo of a cookie for anomaly detection, which should be round, without any crack or damage."

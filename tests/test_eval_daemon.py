@@ -5,12 +5,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from _lite_bundle import lite_bundle  # noqa: E402
 from eval_through_daemon import compare  # noqa: E402
 
 
-def test_daemon_gives_eval_numbers(cookie):
-    r = compare(lite_bundle(), cookie.parent, "cookie", shots=4, max_images=16)
+def test_daemon_gives_eval_numbers(cookie, lite_bundle):
+    r = compare(lite_bundle, cookie.parent, "cookie", shots=4, max_images=16)
     assert r["received"] == r["frames"] == 16
     assert r["same_verdict"] == r["frames"]
     assert r["max_score_diff"] < 1e-5

@@ -137,16 +137,14 @@ def test_sample_subset_keeps_every_type(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def cookie_eval(tmp_path_factory):
+def cookie_eval(tmp_path_factory, lite_bundle):
     if not (DATA / "cookie").is_dir():
         pytest.skip(f"dataset folder {DATA / 'cookie'} is absent (it sits beside the repo as ../shared/datasets)")
     pytest.importorskip("torch")
-    from _lite_bundle import lite_bundle
-
     from runtime.cli import main
 
     out = tmp_path_factory.mktemp("eval")
-    bundle = lite_bundle()
+    bundle = lite_bundle
     return bundle, out, main
 
 

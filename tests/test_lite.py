@@ -20,7 +20,6 @@ from export.modeling.efficientnet_lite import (  # noqa: E402
 from runtime.bundle import load_bundle  # noqa: E402
 from runtime.errors import AgptError  # noqa: E402
 
-from _lite_bundle import lite_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +80,8 @@ def test_tf_same_padding_keeps_sizes(net):
     assert [tuple(f.shape[1:]) for f in feats] == [(24, 56, 56), (40, 28, 28), (80, 14, 14), (112, 14, 14), (320, 7, 7)]
 
 
-def test_bundle_is_valid_and_self_describing():
-    b = load_bundle(lite_bundle())
+def test_bundle_is_valid_and_self_describing(lite_bundle):
+    b = load_bundle(lite_bundle)
     m = b.manifest
     assert m.kind == "lite" and m.llm is None and set(m.components) == {"encoder"}
     assert m.encoder.family == "efficientnet-lite0" and m.encoder.embed_dim is None
@@ -92,11 +91,11 @@ def test_bundle_is_valid_and_self_describing():
     assert [s.name for s in enc.inputs] == ["image"] and [s.name for s in enc.outputs] == ["tap0", "tap1", "tap2"]
 
 
-def test_onnx_taps_match_torch(net):
+def test_onnx_taps_match_torch(net, lite_bundle):
     import onnxruntime as ort
 
     x = _image(2, 3)
-    sess = ort.InferenceSession(str(lite_bundle() / "encoder.onnx"), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(str(lite_bundle / "encoder.onnx"), providers=["CPUExecutionProvider"])
     got = sess.run(None, {"image": x})
     with torch.no_grad():
         want = LiteEncoder(net, DEFAULT_TAPS).eval()(torch.from_numpy(x))
