@@ -91,8 +91,11 @@ def parse_answer(text: str) -> tuple[bool | None, list[str]]:
     The reference's evaluation counts an answer anomalous when 'Yes' is in it and normal when 'No' is;
     an answer with neither (an untrained or random model) gives verdict None.
     """
-    yes, no = "Yes" in text, "No" in text
-    verdict = True if yes and not no else False if no and not yes else (None if not yes else text.find("Yes") < text.find("No"))
+    yes, no = text.find("Yes"), text.find("No")
+    if yes < 0 and no < 0:
+        verdict = None
+    else:  # both present: the one said first
+        verdict = no < 0 or (0 <= yes < no)
     if not verdict:
         return verdict, []
     # Locations only from the part after 'at the', so 'top' inside 'top left' is not counted twice.
