@@ -48,7 +48,7 @@ def cookie_or_none():
 def test_daemon_on_the_tiny_bundle(tiny_bundle, tmp_path, cookie_or_none, capsys):
     bundle = tmp_path / "tiny"
     shutil.copytree(tiny_bundle, bundle)  # packs get written into it
-    frames = _images(tmp_path / "frames", 6, 1, cookie_or_none, "test")
+    _images(tmp_path / "frames", 6, 1, cookie_or_none, "test")
     shots = _images(tmp_path / "shots", 2, 2, cookie_or_none, "train")
 
     # offline pack, as a line engineer would build it
@@ -58,7 +58,7 @@ def test_daemon_on_the_tiny_bundle(tiny_bundle, tmp_path, cookie_or_none, capsys
     cfg_file = tmp_path / "line.yaml"
     cfg_file.write_text(
         "bundle: tiny\nproduct: cookie\npublish: tcp://127.0.0.1:*\ncontrol: tcp://127.0.0.1:*\nlog_level: WARNING\n"
-        f"shots_root: shots\nheartbeat_s: 0.2\ncamera: {{kind: folder, source: frames, loop: true, when_full: wait}}\n"
+        "shots_root: shots\nheartbeat_s: 0.2\ncamera: {kind: folder, source: frames, loop: true, when_full: wait}\n"
     )
     cfg = load_config(cfg_file)
     d = Daemon(cfg)
