@@ -211,7 +211,8 @@ class Daemon:
 
     # ---- start / stop -------------------------------------------------------------------------------
 
-    def _open_inspector(self):
+    def open_inspector(self):
+        """The inspector this config asks for (start() opens it when none was given)."""
         from .inspector import Inspector
 
         if not self.multi:
@@ -260,7 +261,7 @@ class Daemon:
 
             set_blas_threads(cfg.backend.blas_threads)
         if self.inspector is None:
-            self.inspector = self._open_inspector()
+            self.inspector = self.open_inspector()
         self.store = ProductStore(cfg.bundle / "products", PackSpec.from_inspector(self.inspector), self._manifest_products())
         for lane in self.lanes:
             lane.pack = self._initial_pack(lane)

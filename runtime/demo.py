@@ -36,22 +36,22 @@ def ensure_bundle(cfg: DaemonConfig, progress=print) -> None:
         export_bundle(ckpt, cfg.bundle, products={cfg.product: cfg.demo.description}, quant=cfg.demo.quant, progress=progress)
 
 
-def ensure_product(cfg: DaemonConfig, progress=print) -> None:
-    """A pack for the config's product, from the synthetic line's own normal parts (never its defects)."""
+def ensure_product(cfg: DaemonConfig, inspector, progress=print) -> None:
+    """A pack for the config's product, from the synthetic line's own normal parts (never its defects).
+    `inspector`: the daemon's own, so the models are loaded once."""
     if (cfg.bundle / "products" / cfg.product / "pack.npz").is_file():
         return
     cam = cfg.camera_list[0]  # with `cameras:`, the first camera's line makes the shots
     if cam.kind != "synthetic":
         raise AgptError(f"product {cfg.product!r} has no pack: build one with 'agpt bank build' (the demo only makes packs for a synthetic line)")
     from .bank import PackSpec, ProductStore, build_pack
-    from .inspector import Inspector
     from .synthetic import make_source
 
     n = cfg.demo.shots if cfg.demo else 4
     progress(f"[demo] setting up product {cfg.product!r} from {n} normal shots")
     source = make_source(cam.source, cam.loop, **cam.options)
     shots = source.normal_shots(n)
-    insp = Inspector.from_config(cfg.bundle, cfg.backend, cfg.verdict_mode)
+    insp = inspector
     description = cfg.demo.description if cfg.demo else ""
     pack = build_pack(insp, cfg.product, description, shots)
     ProductStore(cfg.bundle / "products", PackSpec.from_inspector(insp), dict(insp.manifest_products)).save(pack, replace=True)
@@ -96,9 +96,10 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, frames=args.frames or None)
     logging.basicConfig(level="WARNING", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     ensure_bundle(cfg)
-    ensure_product(cfg)
     cfg.start_paused = True
     daemon = Daemon(cfg)
+    daemon.inspector = daemon.open_inspector()
+    ensure_product(cfg, daemon.inspector)
     daemon.start()  # binding errors surface here, as one line
 
     def serve() -> None:

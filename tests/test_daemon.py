@@ -633,7 +633,7 @@ def test_frames_limit_and_the_run_cli(bundle, tmp_path, monkeypatch, capsys):
         f"bundle: {bundle}\nproduct: widget\npublish: tcp://127.0.0.1:*\ncontrol: tcp://127.0.0.1:*\nlog_level: WARNING\n"
         "camera: {kind: folder, source: imgs, loop: true, when_full: wait}\n"
     )
-    monkeypatch.setattr(daemon_mod.Daemon, "_open_inspector", lambda self: FakeInspector())
+    monkeypatch.setattr(daemon_mod.Daemon, "open_inspector", lambda self: FakeInspector())
     p = argparse.ArgumentParser()
     daemon_mod.add_arguments(p)
     assert daemon_mod.run(p.parse_args(["--config", str(cfg_file), "--frames", "9"])) == 0
