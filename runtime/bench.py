@@ -10,7 +10,10 @@ Medians and p99 over --frames frames (after --warmup frames), end-to-end frames/
 
 --reference CKPT_DIR: the reference pipeline (export.reference: PyTorch eager fp32 + transformers
 generate) on the same weights and frames, in a child process (this one never imports torch), with the
-same --new-tokens cap: random weights rarely say '##', and a real answer is about 24 tokens.
+same --new-tokens cap: random weights rarely say '##', and a real answer is about 24 tokens. It does the
+per-image work of the released generate(), and the work it repeats although it depends only on the
+product (text ensemble; with shots: the shots, a second query encoding, a discarded decoder map) is the
+"per_call" stage, so both ratios print: against the reference as released and with that work cached.
 
 Several cameras: for each count in --cameras, that many camera threads (preprocessing on the camera's
 thread, Inspector.prepare) feed runtime.multicam.CameraSlots; the loop judges one batch from all ready
@@ -38,7 +41,8 @@ import numpy as np
 from .errors import AgptError
 from .preprocess import IMAGE_EXTS
 
-STAGES = ("preprocess", "encoder", "map", "prompt", "llm", "llm_prefill", "llm_decode", "publish", "total")
+STAGES = ("preprocess", "encoder", "per_call", "map", "prompt", "llm", "llm_prefill", "llm_decode", "publish", "total",
+          "total_cached")
 REPO = Path(__file__).resolve().parents[1]
 # the --ckpt-dir convention (export/checkpoints.py), repeated here so this process never imports torch
 CKPT_FILES = {"imagebind": "imagebind_ckpt/imagebind_huge.pth", "pandagpt": "pandagpt_ckpt/pytorch_model.pt",
@@ -270,11 +274,17 @@ def run_cameras(insp, frames: list[np.ndarray], pack, n_cams: int, per_camera: i
 
 def reference_worker(ckpt_dir: str, frames: list[np.ndarray], product: str, description: str, shots: list[str],
                      new_tokens: int, threads: int | None, warmup: list[np.ndarray]) -> dict:
+    """The reference's per-image work as the released generate() does it (reference doc, section 3 and the
+    released extract_multimodal_feature): besides the query's own encoding, every call runs the text tower
+    over the prompt ensemble, and with normal shots it also computes the decoder map it then discards,
+    encodes the query a second time and reads and encodes every shot. That repeated work is timed apart
+    ("per_call") so the report can give the reference's cost both as released and with it cached."""
     import torch
 
     from export.llm_export import reference_greedy, reference_text
     from export.modeling.decoder import decoder_map
     from export.modeling.fewshot import bank_from_shots, bank_map
+    from export.modeling.text_prompts import text_features
     from export.reference import Reference, p_yes
     from runtime.prompt import product_question, question_text
 
@@ -282,8 +292,8 @@ def reference_worker(ckpt_dir: str, frames: list[np.ndarray], product: str, desc
         torch.set_num_threads(threads)
     ref = Reference(ckpt_dir)
     text = question_text(product_question(description))
-    shots_x = torch.from_numpy(np.stack([Reference._load(s) for s in shots])) if shots else None
-    samples: dict[str, list[float]] = {s: [] for s in ("preprocess", "encoder", "map", "prompt", "llm", "llm_prefill", "total")}
+    names = ("preprocess", "encoder", "per_call", "map", "prompt", "llm", "llm_prefill", "total", "total_cached")
+    samples: dict[str, list[float]] = {s: [] for s in names}
     results = []
 
     @torch.no_grad()
@@ -301,11 +311,14 @@ def reference_worker(ckpt_dir: str, frames: list[np.ndarray], product: str, desc
         lap("preprocess")
         emb, taps = ref.encode(x)
         lap("encoder")
-        if shots_x is not None:  # the reference encodes the normal shots with every query
-            _, shot_taps = ref.encode(shots_x)
-            m = bank_map(taps, bank_from_shots(shot_taps))
-        else:
-            m = decoder_map(ref.decoder(taps), ref.text_feats(product))
+        feats = torch.from_numpy(text_features(ref.text, product))
+        if shots:
+            decoder_map(ref.decoder(taps), feats)  # computed, then replaced by the bank map
+            ref.encode(torch.from_numpy(Reference._load(frame))[None])  # encode_image_for_one_shot(query)
+            _, shot_taps = ref.encode(torch.from_numpy(np.stack([Reference._load(s) for s in shots])))
+            bank = bank_from_shots(shot_taps)
+        lap("per_call")
+        m = bank_map(taps, bank) if shots else decoder_map(ref.decoder(taps), feats)
         lap("map")
         P, E = ref.prompts(m, emb)
         lap("prompt")
@@ -320,6 +333,7 @@ def reference_worker(ckpt_dir: str, frames: list[np.ndarray], product: str, desc
             for k, v in lat.items():
                 samples[k].append(v)
             samples["total"].append(total)
+            samples["total_cached"].append(total - lat["per_call"])
             results.append({"p_anomaly": p_yes(first, ref.layout), "tokens": tokens, "answer": reference_text(ref.sp, tokens)})
 
     for f in warmup:
@@ -370,7 +384,7 @@ def table(report: dict) -> str:
     ref = report.get("reference")
     cols = [(f"ours {name}", modes[name]) for name in ("first_token", "answer", "calibrated") if name in modes]
     if ref:
-        cols.append(("reference answer", ref))
+        cols.append(("reference as released", ref))
     head = f"{'stage (median / p99 ms)':<24}" + "".join(f"{c:>24}" for c, _ in cols)
     lines = [head, "-" * len(head)]
     for s in STAGES:
@@ -479,10 +493,13 @@ def run(args: argparse.Namespace) -> int:
         results = ref.pop("results")
         report["reference"] = ref
         ft, ans = report["ours"].get("first_token"), report["ours"].get("answer")
-        ref_total = ref["stages"]["total"]["median_ms"]
+        ref_total, ref_cached = ref["stages"]["total"]["median_ms"], ref["stages"]["total_cached"]["median_ms"]
+        ft_total, ans_total = ft and ft["stages"]["total"]["median_ms"], ans and ans["stages"]["total"]["median_ms"]
         report["ratios"] = {
-            "reference answer / ours first_token (per frame)": ratio(ref_total, ft and ft["stages"]["total"]["median_ms"]),
-            "reference answer / ours answer (per frame)": ratio(ref_total, ans and ans["stages"]["total"]["median_ms"]),
+            "reference answer as released / ours first_token": ratio(ref_total, ft_total),
+            "reference answer as released / ours answer": ratio(ref_total, ans_total),
+            "reference, product work cached / ours first_token": ratio(ref_cached, ft_total),
+            "reference, product work cached / ours answer": ratio(ref_cached, ans_total),
             "reference prefill / ours first_token llm": ratio(ref["stages"]["llm_prefill"]["median_ms"], ft and ft["stages"]["llm"]["median_ms"]),
         }
         for s in ("encoder", "map", "prompt"):
