@@ -243,7 +243,7 @@ def run_cameras(insp, frames: list[np.ndarray], pack, n_cams: int, per_camera: i
         t.start()
     counts, latency, sizes = [0] * n_cams, [], []
     target = per_camera * n_cams
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     try:
         while sum(counts) < target:
             ready = slots.take(max_items=insp.max_batch, timeout=10.0)
@@ -256,7 +256,7 @@ def run_cameras(insp, frames: list[np.ndarray], pack, n_cams: int, per_camera: i
                 pub.send(j, f"cam{cam}", counts[cam], pack)
                 latency.append((time.perf_counter() - item[1]) * 1e3)
     finally:
-        wall = time.perf_counter() - t0
+        wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
         stop.set()
         slots.close()
         for t in threads:
@@ -265,6 +265,8 @@ def run_cameras(insp, frames: list[np.ndarray], pack, n_cams: int, per_camera: i
     return {
         "cameras": n_cams, "frames": total, "wall_s": wall, "fps_total": total / wall, "fps_per_camera": total / wall / n_cams,
         "per_camera_frames": counts, "mean_batch": float(np.mean(sizes)), "latency": summary(latency),
+        # all threads of this process: when cores_busy reaches the host's cores, more cameras cannot add frames/s
+        "cpu_ms_per_frame": cpu / max(total, 1) * 1e3, "cores_busy": cpu / wall,
         "starved": min(counts) < 0.5 * max(counts),  # one frame per camera per batch: counts stay close
     }
 
@@ -405,12 +407,17 @@ def table(report: dict) -> str:
     if report.get("cameras"):
         lines.append("")
         lines.append("several cameras (camera threads preprocess; one judge_batch per round; first_token):")
-        lines.append(f"{'cameras':<10}{'frames/s total':>16}{'per camera':>12}{'vs 1 cam':>10}{'mean batch':>12}   per-camera frames   latency median/p99 ms")
+        lines.append(f"{'cameras':<10}{'frames/s total':>16}{'per camera':>12}{'vs 1 cam':>10}{'mean batch':>12}{'CPU ms/frame':>14}"
+                     f"{'cores busy':>12}   per-camera frames   latency median/p99 ms")
         base = report["cameras"][0]["fps_total"] if report["cameras"][0]["cameras"] == 1 else None
         for c in report["cameras"]:
             rel = f"{c['fps_total'] / base:>9.2f}x" if base else f"{'-':>10}"
-            lines.append(f"{c['cameras']:<10}{c['fps_total']:>16.1f}{c['fps_per_camera']:>12.1f}{rel}{c['mean_batch']:>12.2f}   "
+            lines.append(f"{c['cameras']:<10}{c['fps_total']:>16.1f}{c['fps_per_camera']:>12.1f}{rel}{c['mean_batch']:>12.2f}"
+                         f"{c['cpu_ms_per_frame']:>14.1f}{c['cores_busy']:>12.2f}   "
                          f"{str(c['per_camera_frames']):<20}{c['latency']['median_ms']:.1f} / {c['latency']['p99_ms']:.1f}")
+    if report.get("camera_ceiling"):
+        c = report["camera_ceiling"]
+        lines.append(f"ceiling on this host ({os.cpu_count()} cores / cheapest CPU ms per frame): {c['fps']:.0f} frames/s = {c['vs_1_cam']:.2f}x 1 cam")
     if report.get("camera_scaling_vs_one_at_a_time"):
         vs = ", ".join(f"{k} cam {v:.2f}x" for k, v in report["camera_scaling_vs_one_at_a_time"].items())
         lines.append(f"vs one frame at a time in one thread (today's one-camera loop): {vs}")
@@ -483,6 +490,9 @@ def run(args: argparse.Namespace) -> int:
     if report["cameras"] and report["cameras"][0]["cameras"] == 1:
         base = report["cameras"][0]["fps_total"]
         report["camera_scaling"] = {str(c["cameras"]): c["fps_total"] / base for c in report["cameras"]}
+        # the most any camera count could reach here: every core busy at the cheapest CPU cost per frame seen
+        cheapest = min(c["cpu_ms_per_frame"] for c in report["cameras"])
+        report["camera_ceiling"] = {"fps": (os.cpu_count() or 1) * 1e3 / cheapest, "vs_1_cam": (os.cpu_count() or 1) * 1e3 / cheapest / base}
     one = report["ours"].get("first_token") or report["ours"].get("calibrated")
     if report["cameras"] and one:
         # against the one-frame-at-a-time loop (preprocessing in the loop, as the one-camera daemon runs today)

@@ -44,6 +44,8 @@ def test_bench_report(tiny_bundle, image_dir, capsys):
     assert set(cams) == {1, 2} and len(cams[2]["per_camera_frames"]) == 2 and sum(cams[2]["per_camera_frames"]) >= 6
     assert min(cams[2]["per_camera_frames"]) >= 1 and isinstance(cams[2]["starved"], bool)
     assert set(r["camera_scaling"]) == {"1", "2"} and "reference" not in r
+    assert all(c["cpu_ms_per_frame"] > 0 and c["cores_busy"] > 0 for c in r["cameras"])
+    assert r["camera_ceiling"]["fps"] >= 0.95 * max(c["fps_total"] for c in r["cameras"])  # no run beats cores / CPU per frame
 
 
 def test_bench_with_reference(tiny_bundle, tiny_ckpt, image_dir, capsys):
