@@ -442,6 +442,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=24, help="answer cap for both sides (a real answer is ~24 tokens)")
     p.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (and torch threads of the reference)")
     p.add_argument("--llm-threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    p.add_argument("--blas-threads", type=int, default=None, help="numpy BLAS threads for the bank map (as backend.blas_threads)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
 
 
@@ -457,6 +458,10 @@ def run(args: argparse.Namespace) -> int:
     if any(m not in ("first_token", "answer") for m in modes):
         raise AgptError(f"--modes {args.modes}: first_token and/or answer")
     bundle = load_bundle(args.bundle)
+    if args.blas_threads is not None:
+        from .blas import set_blas_threads
+
+        set_blas_threads(args.blas_threads)
     frames, source = load_frames(args.frames, args.images)
     warmup = frames[: args.warmup]
     insp = open_inspector(args.bundle, max(cams + [1]), args.threads, args.llm_threads, args.new_tokens)
@@ -472,7 +477,7 @@ def run(args: argparse.Namespace) -> int:
         "product": pack.name, "bank": bool(pack.bank), "frames": args.frames, "warmup": args.warmup, "source": source,
         "frame_shape": list(frames[0].shape), "new_tokens": args.new_tokens,
         "host": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_avg": list(os.getloadavg()), "python": platform.python_version()},
-        "threads": {"onnxruntime": args.threads, "llama_cpp": args.llm_threads}, "ours": {}, "warnings": [],
+        "threads": {"onnxruntime": args.threads, "llama_cpp": args.llm_threads, "blas": args.blas_threads}, "ours": {}, "warnings": [],
     }
     pub = BenchPublisher()
     judged = {}

@@ -487,7 +487,11 @@ class Daemon:
                     lane.paused_drops += 1
                     self.paused_drops += 1
                 continue
-            ready = slots.take(self.max_batch, timeout=0.1)
+            limit = self.max_batch
+            if self.cfg.frames is not None:  # --frames N judges N frames, not N rounded up to a whole batch
+                left = max(self.cfg.frames - self.judged, 1)
+                limit = left if limit is None else min(limit, left)
+            ready = slots.take(limit, timeout=0.1)
             if not ready:
                 if self._all_ended():
                     self.request_stop("camera_end")

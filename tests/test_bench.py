@@ -26,7 +26,7 @@ def image_dir(tmp_path_factory) -> Path:
 
 
 def _bench(capsys, *argv) -> dict:
-    assert main(["bench", *argv, "--json", "--threads", "1", "--llm-threads", "1"]) == 0
+    assert main(["bench", *argv, "--json", "--threads", "1", "--llm-threads", "1", "--blas-threads", "1"]) == 0
     return json.loads(capsys.readouterr().out)
 
 

@@ -302,6 +302,31 @@ def test_config_max_batch_bounds_the_batch(bundle):
     assert max(insp.batch_sizes) == 2 and min(lane.judged for lane in d.lanes) >= 25
 
 
+def test_frames_limit_is_exact_with_batches(bundle):
+    """`frames: 4` with three cameras batching three at a time stops at 4 judged frames, not at 6."""
+    cfg = multi_config(bundle, [{"name": f"c{k}"} for k in range(3)], frames=4)
+    gate = threading.Event()
+    sources = {f"c{k}": CountingSource(n=50) for k in range(3)}
+    for src in sources.values():
+        src.gate = gate
+    insp = FakeInspector(delay=0.05)  # slow enough that every camera has its next frame ready each round
+    d = Daemon(cfg, inspector=insp, sources=sources)
+    d.start()
+    try:
+        assert ctl(d, {"cmd": "pause"})["ok"]  # wait sources hold their frames: the first round takes all three
+        time.sleep(0.3)  # a take() already waiting when the pause came times out (0.1 s) before any frame exists
+        gate.set()
+        deadline = time.monotonic() + 10
+        while not all(d.slots.full(k) for k in range(3)):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert ctl(d, {"cmd": "resume"})["ok"]
+        assert d.wait(30)
+    finally:
+        d.shutdown()
+    assert d.stop_reason == "frames" and d.judged == 4 and insp.batch_sizes[0] == 3
+
+
 def test_pause_holds_wait_cameras_and_counts_live_ones(bundle):
     cfg = multi_config(bundle, [{"name": "file"}, {"name": "live", "when_full": "drop_oldest"}])
     with running(cfg, FakeInspector(), {"file": CountingSource(period=0.002), "live": CountingSource(period=0.002)}) as d:
