@@ -246,7 +246,8 @@ def main() -> int:
     d = Daemon(config(when_full="drop_oldest", queue_size=2), inspector, NoiseSource(shape, fps=rate, n=n2))
     d.start()
     sub = ResultSubscriber(d.publish_endpoint, [d.cfg.topic_prefix + ".result"], rcvhwm=100000)
-    time.sleep(0.3)
+    time.sleep(0.3)  # the subscription reaches the daemon; results of frames captured until now waited in our queue
+    reading_from = time.time()
     total, receipt, swaps = [], [], []
     stop = threading.Event()
 
@@ -264,7 +265,7 @@ def main() -> int:
     th.start()
     while not d.wait(0):
         m = sub.recv(0.2)
-        if isinstance(m, ResultMessage):
+        if isinstance(m, ResultMessage) and m.header.capture_time >= reading_from:
             receipt.append((time.time() - m.header.capture_time) * 1e3)
             total.append(m.header.latency_ms["total"])
     stop.set()
