@@ -46,6 +46,7 @@ class Frame:
     capture_time: float  # time.time()
     capture_mono: float  # time.monotonic(), for latencies
     truth: Truth | None = None
+    prepared: Any = None  # the model input made on the capture thread (Inspector.prepare), or why it failed
 
 
 class Source(Protocol):
@@ -248,10 +249,14 @@ class Camera:
 
     LIVE = ("device", "rtsp", "gstreamer")
 
-    def __init__(self, cfg: CameraConfig, source: Source | None = None, on_event: EventFn | None = None, queue=None):
+    def __init__(self, cfg: CameraConfig, source: Source | None = None, on_event: EventFn | None = None, queue=None,
+                 prepare: Callable[[np.ndarray], Any] | None = None):
         """queue: where frames go (default a FrameQueue of cfg.queue_size); several cameras in one daemon put
-        into their slot of runtime.multicam.CameraSlots instead (a SlotQueue: same put/close/dropped)."""
+        into their slot of runtime.multicam.CameraSlots instead (a SlotQueue: same put/close/dropped).
+        prepare: the frame's preprocessing, done here so it overlaps the models running on the inspection
+        loop; its result (or the exception) rides on Frame.prepared."""
         self.cfg = cfg
+        self.prepare = prepare
         self.name = cfg.name
         self.source = source if source is not None else make_source(cfg)
         self.queue = queue if queue is not None else FrameQueue(cfg.queue_size, cfg.when_full)
@@ -369,6 +374,11 @@ class Camera:
             self.frame_id += 1
             t = truth if truth is None or isinstance(truth, Truth) else _as_truth(truth)
             f = Frame(self.frame_id, frame, self.name, time.time(), time.monotonic(), t)
+            if self.prepare is not None:
+                try:
+                    f.prepared = self.prepare(frame)
+                except Exception as e:  # judged (and reported) as this frame's failure by the loop
+                    f.prepared = e
             if not self.queue.put(f, self._stop):
                 break
         self._close_source()

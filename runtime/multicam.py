@@ -99,14 +99,13 @@ class CameraSlots:
 class SlotQueue:
     """One camera's side of CameraSlots, shaped like camera.FrameQueue (what runtime.camera.Camera puts into).
 
-    The frame is preprocessed here, on the camera's own thread (`prepare`, e.g. Inspector.prepare), so that
-    work overlaps the models running on the inspection loop; the slot holds (frame, prepared), where prepared
-    is the exception when preprocessing failed (the loop counts it as that camera's failed frame).
+    The slot holds (frame, model input): the input the camera's thread prepared (Frame.prepared, the exception
+    when preprocessing failed: the loop counts it as that camera's failed frame), else the frame's image.
     when_full 'wait' blocks until the loop took the waiting frame; 'drop_oldest' replaces it (counted).
     """
 
-    def __init__(self, slots: CameraSlots, cam: int, when_full: str = "drop_oldest", prepare: Any = None):
-        self.slots, self.cam, self.when_full, self.prepare = slots, cam, when_full, prepare
+    def __init__(self, slots: CameraSlots, cam: int, when_full: str = "drop_oldest"):
+        self.slots, self.cam, self.when_full = slots, cam, when_full
         self.closed = False  # this camera's stream ended or stopped
 
     @property
@@ -116,12 +115,7 @@ class SlotQueue:
     def put(self, frame: Any, stop: threading.Event | None = None) -> bool:
         if self.closed:
             return False
-        x = frame.image
-        if self.prepare is not None:
-            try:
-                x = self.prepare(x)
-            except Exception as e:  # judged (and reported) as this camera's failure by the loop
-                x = e
+        x = frame.image if frame.prepared is None else frame.prepared
         block = self.when_full == "wait"
         while True:
             # short waits: a stop or this camera's close is noticed within 50 ms

@@ -240,7 +240,12 @@ def test_a_dead_camera_does_not_stall_the_others(bundle):
 class PreparingInspector(FakeInspector):
     """Has Inspector.prepare (run on the camera threads); preprocessing fails on pixel value 9."""
 
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.prepared_on: set[str] = set()
+
     def prepare(self, frame):
+        self.prepared_on.add(threading.current_thread().name)
         if int(frame[0, 0, 0]) == 9:
             raise ValueError("fake preprocessing failure")
         return frame
@@ -262,6 +267,19 @@ def test_a_bad_frame_fails_only_its_own_camera(bundle):
     # a header's drops are its own camera's: every frame_id gap of that camera is explained
     last = {cam: hs[-1] for cam, hs in by_camera(bag["results"]).items()}
     assert {cam: h.drops.failed for cam, h in last.items()} == {"a": 1, "b": 1, "c": 0}
+
+
+def test_one_camera_prepares_on_its_thread(bundle):
+    """The one-camera loop gets frames its capture thread already preprocessed; a frame whose preprocessing
+    failed is that frame's judge_error, and the stream goes on."""
+    cfg = multi_config(bundle, [{"name": "a"}], sndhwm=1000)
+    insp = PreparingInspector(delay=0.001)
+    d, bag = run_finite(cfg, insp, {"a": SpecialSource({4: 9}, n=12)})
+    assert not d.multi and [h.header.frame_id for h in bag["results"]] == [i for i in range(1, 13) if i != 4]
+    assert [(e.detail["frame_id"], "fake preprocessing failure" in e.detail["error"]) for e in bag["events"] if e.kind == "judge_error"] == [(4, True)]
+    assert insp.prepared_on and "inspect" not in insp.prepared_on  # never on the inspection loop's thread
+    final = next(s for s in bag["statuses"] if s.final)
+    assert final.drops.failed == 1 and final.frames_judged == 11
 
 
 # ---- fairness ------------------------------------------------------------------------------------------
