@@ -5,6 +5,7 @@ tests/test_camera.py and tests/test_bank.py, and by the SIGTERM subprocess.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
@@ -14,9 +15,11 @@ import numpy as np
 
 from runtime.bank import PackSpec, ProductStore, build_pack
 from runtime.config import CameraConfig, DaemonConfig
+from runtime.control import request
 
 N_TAPS, TAP_N, TAP_W, TEXT_DIM = 4, 16, 8, 4
 ENCODER_SHA = "e" * 64
+TOPICS = ["line1.station3."]  # what daemon_config publishes on
 
 
 @dataclass
@@ -227,3 +230,52 @@ def multi_config(bundle: Path, cameras: list[dict], **kw) -> DaemonConfig:
     """A config with `cameras:` (each dict: name, and optionally product / when_full / ...; synthetic kind)."""
     cams = [CameraConfig(**{"kind": "synthetic", "source": "test", "when_full": "wait", **c}) for c in cameras]
     return daemon_config(bundle, camera=None, cameras=cams, **kw)
+
+
+# ---- running a daemon in a test ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def running(cfg, inspector=None, source=None, sources=None):
+    """A started Daemon (one camera's source, or several cameras' sources), shut down on exit."""
+    from runtime.daemon import Daemon
+
+    d = Daemon(cfg, inspector=inspector or FakeInspector(), source=source, sources=sources)
+    d.start()
+    try:
+        yield d
+    finally:
+        d.shutdown()
+
+
+def connected(sub) -> None:
+    """Wait until the subscription is live (the publisher re-sends the last status to a new subscriber)."""
+    collect(sub, lambda b: b["statuses"], timeout=5)
+
+
+def ctl(d, payload, timeout_s: float = 10.0) -> dict:
+    return request(d.control_endpoint, payload, timeout_s)
+
+
+def run_to_end(cfg, inspector, timeout: float = 30.0, *, source=None, sources=None) -> tuple:
+    """Start with every source gated, subscribe, open the gates, run to the end of every stream.
+    (daemon, what the subscriber got up to the final status); bag["subscriber"] keeps its loss counters."""
+    from runtime.daemon import Daemon
+    from runtime.subscribe import ResultSubscriber
+
+    gate = threading.Event()
+    srcs = [source] if source is not None else list(sources.values() if isinstance(sources, dict) else sources)
+    for s in srcs:
+        s.gate = gate
+    d = Daemon(cfg, inspector=inspector, source=source, sources=sources)
+    d.start()
+    with ResultSubscriber(d.publish_endpoint, TOPICS) as sub:
+        try:
+            connected(sub)
+            gate.set()
+            assert d.wait(timeout), f"the daemon did not finish its finite sources in {timeout} s"
+        finally:
+            d.shutdown()
+        bag = collect(sub, final_seen)
+    bag["subscriber"] = sub
+    return d, bag

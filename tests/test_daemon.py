@@ -4,7 +4,6 @@ SIGTERM. Each test is bounded in time (seconds)."""
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import os
@@ -23,13 +22,18 @@ import zmq
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _daemon_fakes import (
+    TOPICS,
     CountingSource,
     FakeInspector,
     FlakySource,
     collect,
+    connected,
+    ctl,
     daemon_config,
     final_seen,
     make_bundle,
+    run_to_end,
+    running,
 )
 
 from runtime.config import CameraConfig
@@ -38,31 +42,10 @@ from runtime.daemon import Daemon
 from runtime.errors import AgptError
 from runtime.subscribe import ResultSubscriber
 
-TOPICS = ["line1.station3."]
-
 
 @pytest.fixture
 def bundle(tmp_path) -> Path:
     return make_bundle(tmp_path / "bundle")
-
-
-@contextlib.contextmanager
-def running(cfg, inspector=None, source=None):
-    d = Daemon(cfg, inspector=inspector or FakeInspector(), source=source)
-    d.start()
-    try:
-        yield d
-    finally:
-        d.shutdown()
-
-
-def connected(sub) -> None:
-    """Wait until the subscription is live (the publisher re-sends the last status to a new subscriber)."""
-    collect(sub, lambda b: b["statuses"], timeout=5)
-
-
-def ctl(d: Daemon, payload, timeout_s: float = 10.0) -> dict:
-    return request(d.control_endpoint, payload, timeout_s)
 
 
 def _dir_digest(root: Path) -> str:
@@ -74,18 +57,8 @@ def _dir_digest(root: Path) -> str:
 
 
 def test_subscriber_receives_every_judged_frame(bundle):
-    gate = threading.Event()
-    cfg = daemon_config(bundle, sndhwm=1000)
-    d = Daemon(cfg, inspector=FakeInspector(), source=CountingSource(n=120, gate=gate))
-    d.start()
-    with ResultSubscriber(d.publish_endpoint, TOPICS) as sub:
-        try:
-            connected(sub)
-            gate.set()
-            assert d.wait(20), "the daemon did not finish a 120-frame source"
-        finally:
-            d.shutdown()
-        bag = collect(sub, final_seen)
+    d, bag = run_to_end(daemon_config(bundle, sndhwm=1000), FakeInspector(), 20, source=CountingSource(n=120))
+    sub = bag["subscriber"]
     final = next(s for s in bag["statuses"] if s.final)
     ids = [m.header.frame_id for m in bag["results"]]
     assert ids == list(range(1, 121))
@@ -106,18 +79,8 @@ def test_subscriber_receives_every_judged_frame(bundle):
 def test_drop_oldest_every_frame_accounted_for(bundle):
     """Inspection slower than the camera: frames are dropped, and every one is counted."""
     cam = CameraConfig(kind="synthetic", source="t", when_full="drop_oldest", queue_size=2)
-    cfg = daemon_config(bundle, camera=cam, sndhwm=1000)
-    gate = threading.Event()
-    d = Daemon(cfg, inspector=FakeInspector(delay=0.003), source=CountingSource(n=300, gate=gate))
-    d.start()
-    with ResultSubscriber(d.publish_endpoint, TOPICS) as sub:
-        try:
-            connected(sub)
-            gate.set()
-            assert d.wait(30)
-        finally:
-            d.shutdown()
-        bag = collect(sub, final_seen)
+    d, bag = run_to_end(daemon_config(bundle, camera=cam, sndhwm=1000), FakeInspector(delay=0.003), source=CountingSource(n=300))
+    sub = bag["subscriber"]
     final = next(s for s in bag["statuses"] if s.final)
     ids = [m.header.frame_id for m in bag["results"]]
     assert ids == sorted(set(ids)) and ids[-1] == 300
@@ -400,18 +363,7 @@ def test_slow_commands_are_bounded_busy_replies(bundle):
 
 
 def test_judge_error_is_reported_and_the_line_goes_on(bundle):
-    cfg = daemon_config(bundle, sndhwm=1000)
-    gate = threading.Event()
-    d = Daemon(cfg, inspector=FakeInspector(fail_frames={25}), source=CountingSource(n=12, gate=gate))
-    d.start()
-    with ResultSubscriber(d.publish_endpoint, TOPICS) as sub:
-        try:
-            connected(sub)
-            gate.set()
-            assert d.wait(10)
-        finally:
-            d.shutdown()
-        bag = collect(sub, final_seen)
+    d, bag = run_to_end(daemon_config(bundle, sndhwm=1000), FakeInspector(fail_frames={25}), 10, source=CountingSource(n=12))
     ids = [m.header.frame_id for m in bag["results"]]
     assert ids == [i for i in range(1, 13) if i != 5]
     err = [e for e in bag["events"] if e.kind == "judge_error"]

@@ -4,7 +4,6 @@ last test, which runs the real Inspector on the tiny bundle. Each test is bounde
 
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import sys
@@ -18,14 +17,18 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _daemon_fakes import (
+    TOPICS,
     CountingSource,
     FakeInspector,
     FlakySource,
     collect,
+    ctl,
     daemon_config,
     final_seen,
     make_bundle,
     multi_config,
+    run_to_end,
+    running,
 )
 
 from runtime.bank import PackSpec, ProductStore, build_pack
@@ -36,7 +39,6 @@ from runtime.errors import AgptError
 from runtime.subscribe import ResultSubscriber
 
 ROOT = Path(__file__).resolve().parents[1]
-TOPICS = ["line1.station3."]
 
 
 @pytest.fixture
@@ -47,20 +49,6 @@ def bundle(tmp_path) -> Path:
     shots = [np.random.default_rng(5).integers(60, 90, (32, 32, 3), dtype=np.uint8)]
     ProductStore(root / "products", PackSpec.from_inspector(insp)).save(build_pack(insp, "bolt", "a bolt", shots))
     return root
-
-
-@contextlib.contextmanager
-def running(cfg, inspector=None, sources=None):
-    d = Daemon(cfg, inspector=inspector or FakeInspector(), sources=sources)
-    d.start()
-    try:
-        yield d
-    finally:
-        d.shutdown()
-
-
-def ctl(d: Daemon, payload, timeout_s: float = 10.0) -> dict:
-    return request(d.control_endpoint, payload, timeout_s)
 
 
 def by_camera(results) -> dict[str, list]:
@@ -89,24 +77,6 @@ class SpecialSource(CountingSource):
         return ok, img, truth
 
 
-def run_finite(cfg, insp, sources, timeout: float = 30.0) -> tuple[Daemon, dict]:
-    """Start with every source gated, subscribe, open the gates, run to the end of every stream."""
-    gate = threading.Event()
-    for s in sources.values():
-        s.gate = gate
-    d = Daemon(cfg, inspector=insp, sources=sources)
-    d.start()
-    with ResultSubscriber(d.publish_endpoint, TOPICS) as sub:
-        try:
-            collect(sub, lambda b: b["statuses"], timeout=5)
-            gate.set()
-            assert d.wait(timeout), "the daemon did not finish its finite sources"
-        finally:
-            d.shutdown()
-        bag = collect(sub, final_seen)
-    return d, bag
-
-
 # ---- every camera judged, with its own ids and product ---------------------------------------------------
 
 
@@ -114,7 +84,7 @@ def test_three_cameras_every_frame_judged_with_its_own_product(bundle):
     cfg = multi_config(bundle, [{"name": "a"}, {"name": "b", "product": "gadget"}, {"name": "c", "product": "bolt"}], sndhwm=1000)
     n = {"a": 40, "b": 50, "c": 60}  # streams of different lengths: the ended ones do not hold up the rest
     insp = FakeInspector(delay=0.002)
-    d, bag = run_finite(cfg, insp, {k: CountingSource(n=v) for k, v in n.items()})
+    d, bag = run_to_end(cfg, insp, sources={k: CountingSource(n=v) for k, v in n.items()})
     assert d.stop_reason == "camera_end"
     ids = {cam: [h.frame_id for h in hs] for cam, hs in by_camera(bag["results"]).items()}
     assert ids == {cam: list(range(1, k + 1)) for cam, k in n.items()}
@@ -138,7 +108,7 @@ def test_one_camera_list_is_the_one_camera_daemon(bundle):
     """`cameras:` with a single entry runs the one-frame loop (judge, not judge_batch)."""
     cfg = multi_config(bundle, [{"name": "solo", "product": "gadget"}], sndhwm=1000)
     insp = FakeInspector()
-    d, bag = run_finite(cfg, insp, {"solo": CountingSource(n=15)})
+    d, bag = run_to_end(cfg, insp, sources={"solo": CountingSource(n=15)})
     assert [m.header.frame_id for m in bag["results"]] == list(range(1, 16))
     assert {m.header.product for m in bag["results"]} == {"gadget"} and insp.batch_sizes == []
     assert not d.multi and d.slots is None
@@ -219,7 +189,7 @@ def test_a_dead_camera_does_not_stall_the_others(bundle):
     cams = [{"name": "a", "reopen_backoff_s": 0.01, "reopen_backoff_max_s": 0.05}, {"name": "b"}]
     cfg = multi_config(bundle, cams, sndhwm=10000)
     flaky = FlakySource()
-    with running(cfg, FakeInspector(), {"a": flaky, "b": CountingSource(period=0.002)}) as d, \
+    with running(cfg, FakeInspector(), sources={"a": flaky, "b": CountingSource(period=0.002)}) as d, \
             ResultSubscriber(d.publish_endpoint, TOPICS, rcvhwm=100000) as sub:  # fmt: skip
         collect(sub, lambda b: {"a", "b"} <= {m.header.camera for m in b["results"]})
         flaky.down.set()
@@ -255,7 +225,7 @@ def test_a_bad_frame_fails_only_its_own_camera(bundle):
     cfg = multi_config(bundle, [{"name": "a"}, {"name": "b"}, {"name": "c"}], sndhwm=1000)
     insp = PreparingInspector(fail_frames={7}, delay=0.001)
     sources = {"a": SpecialSource({5: 7}, n=20), "b": SpecialSource({8: 9}, n=20), "c": CountingSource(n=20)}
-    d, bag = run_finite(cfg, insp, sources)
+    d, bag = run_to_end(cfg, insp, sources=sources)
     ids = {cam: [h.frame_id for h in hs] for cam, hs in by_camera(bag["results"]).items()}
     assert ids == {"a": [i for i in range(1, 21) if i != 5], "b": [i for i in range(1, 21) if i != 8], "c": list(range(1, 21))}
     errs = sorted((e.detail["camera"], e.detail["frame_id"]) for e in bag["events"] if e.kind == "judge_error")
@@ -274,7 +244,7 @@ def test_one_camera_prepares_on_its_thread(bundle):
     failed is that frame's judge_error, and the stream goes on."""
     cfg = multi_config(bundle, [{"name": "a"}], sndhwm=1000)
     insp = PreparingInspector(delay=0.001)
-    d, bag = run_finite(cfg, insp, {"a": SpecialSource({4: 9}, n=12)})
+    d, bag = run_to_end(cfg, insp, sources={"a": SpecialSource({4: 9}, n=12)})
     assert not d.multi and [h.header.frame_id for h in bag["results"]] == [i for i in range(1, 13) if i != 4]
     assert [(e.detail["frame_id"], "fake preprocessing failure" in e.detail["error"]) for e in bag["events"] if e.kind == "judge_error"] == [(4, True)]
     assert insp.prepared_on and "inspect" not in insp.prepared_on  # never on the inspection loop's thread
@@ -291,7 +261,7 @@ def test_no_camera_starved(bundle, when_full):
     cfg = multi_config(bundle, [{"name": f"c{k}", "when_full": when_full} for k in range(4)])
     insp = FakeInspector(delay=0.002, max_batch=2)
     period = 0.0 if when_full == "wait" else 0.001
-    with running(cfg, insp, {f"c{k}": CountingSource(period=period) for k in range(4)}) as d:
+    with running(cfg, insp, sources={f"c{k}": CountingSource(period=period) for k in range(4)}) as d:
         assert d.max_batch == 2
         deadline = time.monotonic() + 20
         while d.judged < 400:
@@ -311,7 +281,7 @@ def test_no_camera_starved(bundle, when_full):
 def test_config_max_batch_bounds_the_batch(bundle):
     cfg = multi_config(bundle, [{"name": f"c{k}"} for k in range(3)], max_batch=2)
     insp = FakeInspector(delay=0.002)
-    with running(cfg, insp, {f"c{k}": CountingSource() for k in range(3)}) as d:
+    with running(cfg, insp, sources={f"c{k}": CountingSource() for k in range(3)}) as d:
         assert d.max_batch == 2
         deadline = time.monotonic() + 20
         while d.judged < 90:
@@ -347,7 +317,7 @@ def test_frames_limit_is_exact_with_batches(bundle):
 
 def test_pause_holds_wait_cameras_and_counts_live_ones(bundle):
     cfg = multi_config(bundle, [{"name": "file"}, {"name": "live", "when_full": "drop_oldest"}])
-    with running(cfg, FakeInspector(), {"file": CountingSource(period=0.002), "live": CountingSource(period=0.002)}) as d:
+    with running(cfg, FakeInspector(), sources={"file": CountingSource(period=0.002), "live": CountingSource(period=0.002)}) as d:
         while d.judged < 10:
             time.sleep(0.01)
         assert ctl(d, {"cmd": "pause"})["ok"]
