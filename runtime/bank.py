@@ -31,7 +31,7 @@ import numpy as np
 
 from .config import PRODUCT_RE
 from .errors import AgptError
-from .preprocess import IMAGE_EXTS, decode_image
+from .preprocess import decode_image, list_images
 
 PACK_SCHEMA = 1
 PACK_FILE = "pack.npz"
@@ -414,10 +414,7 @@ def _expand(paths: Sequence[Path]) -> list[Path]:
     out: list[Path] = []
     for p in paths:
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.suffix.lower() in IMAGE_EXTS)
-            if not found:
-                raise AgptError(f"{p}: no images ({', '.join(IMAGE_EXTS)})")
-            out += found
+            out += list_images(p, required=True)
         else:
             out.append(p)
     return out

@@ -39,7 +39,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from .errors import AgptError
-from .preprocess import IMAGE_EXTS
+from .preprocess import list_images
 
 STAGES = ("preprocess", "encoder", "per_call", "map", "prompt", "llm", "llm_prefill", "llm_decode", "publish", "total",
           "total_cached")
@@ -64,9 +64,7 @@ def load_frames(n: int, images: Path | None = None, seed: int = 0) -> tuple[list
     from .preprocess import load_image
 
     if images is not None:
-        files = sorted(p for p in Path(images).rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-        if not files:
-            raise AgptError(f"{images}: no images ({', '.join(IMAGE_EXTS)})")
+        files = list_images(images, recursive=True, required=True)
         source = str(images)
     elif (root := cookie_dir()) is not None:
         good = sorted((root / "test" / "good").glob("*.png"))

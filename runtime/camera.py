@@ -23,9 +23,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .config import CameraConfig
+from .config import LIVE_KINDS, CameraConfig
 from .errors import AgptError
-from .preprocess import IMAGE_EXTS
+from .preprocess import list_images
 
 log = logging.getLogger("agpt.camera")
 
@@ -47,6 +47,11 @@ class Frame:
     capture_mono: float  # time.monotonic(), for latencies
     truth: Truth | None = None
     prepared: Any = None  # the model input made on the capture thread (Inspector.prepare), or why it failed
+
+    @property
+    def model_input(self) -> Any:
+        """What the inspector judges: the prepared input (or the exception that stopped it), else the image."""
+        return self.image if self.prepared is None else self.prepared
 
 
 class Source(Protocol):
@@ -121,9 +126,7 @@ class FolderSource:
     def open(self) -> None:
         if not self.folder.is_dir():
             raise AgptError(f"{self.folder}: no such image folder")
-        self.files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-        if not self.files:
-            raise AgptError(f"{self.folder}: no images ({', '.join(IMAGE_EXTS)})")
+        self.files = list_images(self.folder, required=True)
         self.eof = False
 
     def read(self):
@@ -153,8 +156,7 @@ def make_source(cfg: CameraConfig) -> Source:
         # runtime/synthetic.py (lite worker) provides the generator; imported only when asked for.
         from . import synthetic
 
-        factory = getattr(synthetic, "make_source", None) or getattr(synthetic, "SyntheticSource")
-        return factory(source=cfg.source, loop=cfg.loop, **cfg.options)
+        return synthetic.make_source(source=cfg.source, loop=cfg.loop, **cfg.options)
     return OpenCVSource(cfg)
 
 
@@ -247,7 +249,6 @@ EventFn = Callable[[str, dict], None]
 class Camera:
     """Reads a source in its own thread into a FrameQueue; survives anything the source does."""
 
-    LIVE = ("device", "rtsp", "gstreamer")
 
     def __init__(self, cfg: CameraConfig, source: Source | None = None, on_event: EventFn | None = None, queue=None,
                  prepare: Callable[[np.ndarray], Any] | None = None):
@@ -264,7 +265,6 @@ class Camera:
         self.state = "opening"  # opening | open | lost | ended | stopped
         self.frame_id = 0
         self.bad_frames = 0
-        self.rate_skipped = 0
         self.reopens = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -366,8 +366,7 @@ class Camera:
             if interval:
                 now = time.monotonic()
                 if now < next_due:
-                    if self.cfg.kind in self.LIVE:  # keep draining the driver's buffer, pass only fresh frames
-                        self.rate_skipped += 1
+                    if self.cfg.kind in LIVE_KINDS:  # keep draining the driver's buffer, pass only fresh frames
                         continue
                     self._stop.wait(next_due - now)
                 next_due = max(next_due + interval, time.monotonic())

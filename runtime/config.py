@@ -21,6 +21,7 @@ PRODUCT_RE = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
 CAMERA_RE = r"^[A-Za-z0-9_.-]{1,64}$"
 TOPIC_RE = r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$"
 ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc)://.+$")
+LIVE_KINDS = ("device", "rtsp", "gstreamer")  # cameras that never wait for the inspection loop
 
 
 class _Strict(BaseModel):
@@ -74,7 +75,7 @@ class CameraConfig(_Strict):
             raise ValueError("kind 'rtsp' needs an rtsp:// (or http[s]://) URL")
         if self.kind == "gstreamer" and "appsink" not in str(self.source):
             raise ValueError("kind 'gstreamer' needs a pipeline string ending in 'appsink'")
-        if self.when_full == "wait" and self.kind in ("device", "rtsp", "gstreamer"):
+        if self.when_full == "wait" and self.kind in LIVE_KINDS:
             raise ValueError("when_full 'wait' would stall a live camera; use it for file, folder or synthetic sources")
         if self.reopen_backoff_max_s < self.reopen_backoff_s:
             raise ValueError("reopen_backoff_max_s is smaller than reopen_backoff_s")

@@ -97,8 +97,6 @@ class Lane:
     judged: int = 0
     failed: int = 0
     paused_drops: int = 0
-    truth_frames: int = 0
-    truth_correct: int = 0
     last_frame_id: int = 0
     times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
 
@@ -170,9 +168,7 @@ class Daemon:
             self.paused.set()
         # totals over the cameras (one camera: its own counters)
         self.judged = 0
-        self.failed = 0
-        self.paused_drops = 0
-        self.errors = 0
+        self.errors = 0  # judging failures, all cameras (Lane.failed per camera)
         self.truth_frames = 0
         self.truth_correct = 0
         self.stop_reason: str | None = None
@@ -322,9 +318,7 @@ class Daemon:
 
     def _wake(self) -> None:
         """Let the loop's wait for a frame return now (a task is queued, or a stop)."""
-        if self.slots is not None:
-            self.slots.wake()
-        elif self.camera is not None:
+        if self.camera is not None:  # a FrameQueue, or a SlotQueue that wakes the shared CameraSlots
             self.camera.queue.wake()
 
     def request_stop(self, reason: str = "requested") -> None:
@@ -464,7 +458,6 @@ class Daemon:
                     continue
                 lane.last_frame_id = frame.frame_id
                 lane.paused_drops += 1
-                self.paused_drops += 1
                 continue
             lane.last_frame_id = frame.frame_id
             self._inspect(lane, frame)
@@ -486,16 +479,14 @@ class Daemon:
                 if not live:
                     self._stop.wait(0.05)
                     continue
-                for cam, (frame, _) in slots.take(None, timeout=0.1, only=live):
+                for cam, frame in slots.take(None, timeout=0.1, only=live):
                     lane = self.lanes[cam]
                     lane.last_frame_id = frame.frame_id
                     lane.paused_drops += 1
-                    self.paused_drops += 1
                 continue
             limit = self.max_batch
             if self.cfg.frames is not None:  # --frames N judges N frames, not N rounded up to a whole batch
-                left = max(self.cfg.frames - self.judged, 1)
-                limit = left if limit is None else min(limit, left)
+                limit = min(limit, max(self.cfg.frames - self.judged, 1))
             ready = slots.take(limit, timeout=0.1)
             if not ready:
                 if self._all_ended():
@@ -520,7 +511,6 @@ class Daemon:
 
     def _judge_failed(self, lane: Lane, frame: Frame, e: BaseException) -> None:
         lane.failed += 1
-        self.failed += 1
         self.errors += 1
         if self.errors <= 3:  # a model failing on every frame must not flood the log
             log.error("judging frame %d of %s failed", frame.frame_id, lane.name, exc_info=e)
@@ -531,9 +521,10 @@ class Daemon:
             detail["camera"] = lane.name
         self.publisher.publish_event("judge_error", detail)
 
-    def _inspect(self, lane: Lane, frame: Frame) -> None:
-        pack = lane.pack  # one reference for the whole frame: a swap cannot land in the middle of it
-        x = frame.image if frame.prepared is None else frame.prepared
+    def _inspect(self, lane: Lane, frame: Frame, pack: ProductPack | None = None) -> None:
+        """One frame alone: judge and publish it, or report why it failed."""
+        pack = lane.pack if pack is None else pack  # one reference for the whole frame: a swap cannot land inside it
+        x = frame.model_input
         if isinstance(x, Exception):  # preprocessing on the camera's thread failed
             self._judge_failed(lane, frame, x)
             return
@@ -545,25 +536,24 @@ class Daemon:
             return
         self._publish(lane, frame, pack, j, t0, time.monotonic())
 
-    def _inspect_batch(self, ready: list[tuple[int, tuple[Frame, Any]]]) -> None:
+    def _inspect_batch(self, ready: list[tuple[int, Frame]]) -> None:
         """Frames of several cameras: one judge_batch; if it raises, each frame again alone (only the bad one fails)."""
         todo = []
-        for cam, (frame, x) in ready:
+        for cam, frame in ready:
             lane = self.lanes[cam]
             lane.last_frame_id = frame.frame_id
-            if isinstance(x, Exception):  # preprocessing on the camera's thread failed
-                self._judge_failed(lane, frame, x)
+            if isinstance(frame.model_input, Exception):  # preprocessing on the camera's thread failed
+                self._judge_failed(lane, frame, frame.model_input)
             else:
-                todo.append((lane, frame, x, lane.pack))  # each camera's pack read once for this batch
+                todo.append((lane, frame, lane.pack))  # each camera's pack read once for this batch
         if not todo:
             return
-        insp = self.inspector
-        judge_batch = getattr(insp, "judge_batch", None)
+        judge_batch = getattr(self.inspector, "judge_batch", None)
         t0 = time.monotonic()
         js = None
         if judge_batch is not None and len(todo) > 1:
             try:
-                js = judge_batch([x for _, _, x, _ in todo], [pack for *_, pack in todo])
+                js = judge_batch([frame.model_input for _, frame, _ in todo], [pack for *_, pack in todo])
                 if len(js) != len(todo):
                     raise AgptError(f"judge_batch returned {len(js)} judgements for {len(todo)} frames")
             except Exception as e:
@@ -574,17 +564,11 @@ class Daemon:
                 js = None
         if js is not None:
             t1 = time.monotonic()
-            for (lane, frame, _, pack), j in zip(todo, js):
+            for (lane, frame, pack), j in zip(todo, js):
                 self._publish(lane, frame, pack, j, t0, t1, len(todo))
             return
-        for lane, frame, x, pack in todo:
-            t0 = time.monotonic()
-            try:
-                j = insp.judge(x, pack)
-            except Exception as e:
-                self._judge_failed(lane, frame, e)
-                continue
-            self._publish(lane, frame, pack, j, t0, time.monotonic())
+        for lane, frame, pack in todo:
+            self._inspect(lane, frame, pack)
 
     def _publish(self, lane: Lane, frame: Frame, pack: ProductPack, j: Any, t0: float, t1: float, batch: int = 1) -> None:
         png, size = encode_mask(getattr(j, "map", None))
@@ -599,8 +583,6 @@ class Daemon:
             truth = Truth(label=None if label is None else bool(label), has_mask=frame.truth.mask is not None)
             if label is not None:
                 ok = int(verdict == bool(label))
-                lane.truth_frames += 1
-                lane.truth_correct += ok
                 self.truth_frames += 1
                 self.truth_correct += ok
         latency = {"queue": (t0 - frame.capture_mono) * 1e3}

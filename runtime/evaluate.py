@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AgptError
-from .preprocess import IMAGE_EXTS
+from .preprocess import list_images
 
 GOOD = "good"
 
@@ -78,10 +78,6 @@ class Sample:
         return self.defect != GOOD
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS) if folder.is_dir() else []
-
-
 def category_root(data: Path, category: str) -> Path:
     root = Path(data) / category
     if not root.is_dir():
@@ -91,7 +87,7 @@ def category_root(data: Path, category: str) -> Path:
 
 
 def train_shots(root: Path) -> list[Path]:
-    shots = _images(root / "train" / GOOD)
+    shots = list_images(root / "train" / GOOD)
     if not shots:
         raise AgptError(f"{root / 'train' / GOOD}: no normal shot images")
     return shots
@@ -105,7 +101,7 @@ def list_samples(root: Path, max_images: int | None = None) -> list[Sample]:
     groups: dict[str, list[Sample]] = {}
     for d in sorted(p for p in test.iterdir() if p.is_dir()):
         items = []
-        for img in _images(d):
+        for img in list_images(d):
             mask = None
             if d.name != GOOD:
                 mask = root / "ground_truth" / d.name / f"{img.stem}_mask.png"

@@ -27,7 +27,7 @@ SCHEMA_VERSION = 1
 
 EVENT_KINDS = (
     "started", "stopping", "changeover", "swap_failed", "product_added", "paused", "resumed",
-    "camera_lost", "camera_back", "camera_end", "camera_bad_frame", "judge_error", "publish_overflow",
+    "camera_lost", "camera_back", "camera_end", "camera_bad_frame", "judge_error",
 )  # fmt: skip
 
 

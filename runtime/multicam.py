@@ -99,8 +99,8 @@ class CameraSlots:
 class SlotQueue:
     """One camera's side of CameraSlots, shaped like camera.FrameQueue (what runtime.camera.Camera puts into).
 
-    The slot holds (frame, model input): the input the camera's thread prepared (Frame.prepared, the exception
-    when preprocessing failed: the loop counts it as that camera's failed frame), else the frame's image.
+    The slot holds the Frame, with the input the camera's thread prepared (Frame.model_input; the exception
+    when preprocessing failed: the loop counts it as that camera's failed frame).
     when_full 'wait' blocks until the loop took the waiting frame; 'drop_oldest' replaces it (counted).
     """
 
@@ -115,11 +115,10 @@ class SlotQueue:
     def put(self, frame: Any, stop: threading.Event | None = None) -> bool:
         if self.closed:
             return False
-        x = frame.image if frame.prepared is None else frame.prepared
         block = self.when_full == "wait"
         while True:
             # short waits: a stop or this camera's close is noticed within 50 ms
-            if self.slots.put(self.cam, (frame, x), block=block, timeout=0.05):
+            if self.slots.put(self.cam, frame, block=block, timeout=0.05):
                 return True
             if self.closed or self.slots.closed or (stop is not None and stop.is_set()):
                 return False

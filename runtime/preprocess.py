@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -115,6 +116,19 @@ def map_to_frame(m: np.ndarray, t: FrameTransform) -> np.ndarray:
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")  # what folder sources and eval read
 
 
+def list_images(folder: str | Path, recursive: bool = False, required: bool = False) -> list[Path]:
+    """The image files of a folder (of its whole tree when recursive), sorted; [] when it is not a folder,
+    unless required: then a folder without images is an AgptError naming it."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        files = []
+    else:
+        files = sorted(p for p in (folder.rglob("*") if recursive else folder.iterdir()) if p.suffix.lower() in IMAGE_EXTS)
+    if required and not files:
+        raise AgptError(f"{folder}: no images ({', '.join(IMAGE_EXTS)})")
+    return files
+
+
 def decode_image(data: bytes, name: object = "image") -> np.ndarray:
     """Encoded image bytes -> BGR uint8, decoded as the reference does (PIL, .convert('RGB')), or AgptError.
 
@@ -132,8 +146,6 @@ def decode_image(data: bytes, name: object = "image") -> np.ndarray:
 
 def load_image(path) -> np.ndarray:
     """An image file as a BGR uint8 array (what cameras give), or AgptError naming the file."""
-    from pathlib import Path
-
     p = Path(path)
     try:
         data = p.read_bytes()

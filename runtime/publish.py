@@ -83,9 +83,7 @@ class Publisher:
                                  {zmq.SNDHWM: sndhwm, zmq.XPUB_VERBOSE: 1})
         self.endpoint = self.sock.getsockopt_string(zmq.LAST_ENDPOINT)
         self.out: queue.Queue = queue.Queue(queue_size)
-        self.drops = 0  # our queue full
-        self.send_errors = 0
-        self.sent = 0
+        self.drops = 0  # results, events and statuses that never left: our queue full, or the send failed
         self._seq: dict[str, int] = {}
         self._seq_lock = threading.Lock()
         self._last_status: tuple[bytes, bytes] | None = None
@@ -145,11 +143,10 @@ class Publisher:
             self._last_status = (frames[0], frames[1])
         try:
             self.sock.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
-            self.sent += 1
         except zmq.Again:  # only with XPUB_NODROP; kept for safety
-            self.send_errors += 1
+            self.drops += 1
         except zmq.ZMQError as e:
-            self.send_errors += 1
+            self.drops += 1
             log.warning("publish failed: %s", e)
 
     def _subscriptions(self) -> None:

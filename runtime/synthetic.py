@@ -28,14 +28,13 @@ product's normal shots (the first `reserve` images are kept out of the stream fo
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from .errors import AgptError
-from .preprocess import IMAGE_EXTS, load_image
+from .preprocess import list_images, load_image
 
 KINDS = ("cutpaste", "scratch", "spot")
 PROCEDURAL = ("", "procedural", "textures", "none")
@@ -48,7 +47,7 @@ VISIBLE = 20.0  # mean |dB|+|dG|+|dR| under a pasted patch: about 7 grey levels 
 def _normal_folder(source: Path) -> Path:
     """A folder of images, or an MVTec category folder (its train/good)."""
     for cand in (source / "train" / "good", source):
-        if cand.is_dir() and any(p.suffix.lower() in IMAGE_EXTS for p in cand.iterdir()):
+        if list_images(cand):
             return cand
     raise AgptError(f"{source}: no images (a folder of normal images or an MVTec category folder)")
 
@@ -60,7 +59,7 @@ def _fit(img: np.ndarray, max_side: int) -> np.ndarray:
 
 
 def load_normals(folder: Path, max_side: int) -> tuple[list[np.ndarray], list[str]]:
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
+    files = list_images(folder)
     images, names = [], []
     for p in files:
         images.append(_fit(load_image(p), max_side))
@@ -229,7 +228,6 @@ class SyntheticLine:
         self.rng = np.random.default_rng(self.seed)
         self.count = 0
         self.eof = False
-        self.last_ms = 0.0
 
     # -- set-up
     def _load(self) -> None:
@@ -307,7 +305,6 @@ class SyntheticLine:
         if self.frames and self.count >= self.frames:
             self.eof = True
             return False, None, None
-        t0 = time.perf_counter()
         r = self.rng
         pool = range(self.reserve, len(self.images))
         i = int(r.integers(pool.start, pool.stop))
@@ -332,7 +329,6 @@ class SyntheticLine:
             if not label:
                 kind = None
         self.count += 1
-        self.last_ms = (time.perf_counter() - t0) * 1e3
         return True, frame, {"label": label, "mask": mask, "kind": kind, "base": self.names[i], "index": self.count - 1}
 
 
