@@ -36,6 +36,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from runtime.bench import summary  # noqa: E402
+from runtime.llm import first_token_verdict  # noqa: E402
+
 REAL = dict(
     vision=dict(width=1280, depth=32, heads=16, mlp=5120, embed=1024),
     prompt=dict(channels=[1, 4, 16, 64, 256, 1024, 4096], kernels=[3, 3, 3, 3, 3, 5], n_base=9),
@@ -115,11 +118,6 @@ def build(shapes: dict, device: torch.device, dtype: torch.dtype, seed: int = 0)
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def stats(ms: list[float]) -> dict:
-    a = np.asarray(ms)
-    return {"median_ms": float(np.median(a)), "p99_ms": float(np.percentile(a, 99)), "n": int(a.size)}
 
 
 def preprocess_ms(n: int = 20) -> float:
@@ -300,7 +298,7 @@ def main() -> int:
                 t = time.perf_counter()
                 ours(frames[k:k + a.batch] if k + a.batch <= len(frames) else frames[:a.batch])
                 ts.append((time.perf_counter() - t) * 1e3)
-            batch = {"batch": a.batch, "per_call": stats(ts), "per_frame_ms": float(np.median(ts)) / a.batch}
+            batch = {"batch": a.batch, "per_call": summary(ts), "per_frame_ms": float(np.median(ts)) / a.batch}
 
         log(f"reference: {n_ref} frames of {a.new_tokens} tokens ...")
         ref_ms, ref_p, ref_stages, n_tokens = [], [], {}, 0
@@ -325,15 +323,15 @@ def main() -> int:
         return 1
 
     pre = preprocess_ms()
-    p = lambda ly, ln: 1.0 / (1.0 + float(np.exp(min(ln - ly, 80.0))))  # noqa: E731
+    p = lambda ly, ln: first_token_verdict(ly, ln).p_anomaly  # noqa: E731
     n = min(len(ref_p), len(ours_p))
     pr, po = [p(*ref_p[k]) for k in range(n)], [p(*ours_p[k]) for k in range(n)]
     same = [(a_ > 0.5) == (b_ > 0.5) for a_, b_ in zip(pr, po)]
     report["reference"] = {
-        "per_frame": stats(ref_ms), "stages": {k: stats(v) for k, v in ref_stages.items()},
-        "prefill_only_eager": stats(pre_ts), "generated_tokens": int(n_tokens),
+        "per_frame": summary(ref_ms), "stages": {k: summary(v) for k, v in ref_stages.items()},
+        "prefill_only_eager": summary(pre_ts), "generated_tokens": int(n_tokens),
     }
-    report["ours"] = {"per_frame": stats(ours_ms), "stages": {k: stats(v) for k, v in ours_stages.items()}, **({"batched": batch} if batch else {})}
+    report["ours"] = {"per_frame": summary(ours_ms), "stages": {k: summary(v) for k, v in ours_stages.items()}, **({"batched": batch} if batch else {})}
     report["preprocess_cpu_ms"] = pre
     ref_med, ours_med = report["reference"]["per_frame"]["median_ms"], report["ours"]["per_frame"]["median_ms"]
     report["ratio_model"] = ref_med / ours_med

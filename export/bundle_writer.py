@@ -18,10 +18,10 @@ from pathlib import Path
 
 from runtime.bundle import MANIFEST, BundleManifest, Component, EncoderInfo, FileRef, ProductText, Tap, load_bundle, sha256_file
 from runtime.errors import AgptError
+from runtime.prompt import FALLBACK_PRODUCT
 
 from .vision_modules import CheckpointPaths, load_vision_modules
 
-FALLBACK_PRODUCT = "object"
 
 
 def _versions() -> dict[str, str]:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime.bundle import load_bundle
+from runtime.prompt import FALLBACK_PRODUCT
 from runtime.errors import AgptError
 
 # What an fp32 / fp16 bundle is expected to stay within (relative to the output's largest value).
@@ -63,7 +64,7 @@ def verify_vision(bundle_dir: str | Path, paths, images: list[Path] | np.ndarray
     out = report["outputs"]
 
     # text features: the bundle's stored ones feed both sides; compared with a fresh torch computation
-    name = product or "object"
+    name = product or FALLBACK_PRODUCT
     torch_feats = None
     try:
         torch_feats = text_features(mods.text, name)
@@ -130,7 +131,7 @@ def verify_verdicts(bundle_dir: str | Path, paths, images: list[Path], shots: li
 
     ref = Reference(imagebind=paths.imagebind, pandagpt=paths.pandagpt, anomalygpt=paths.anomalygpt, vicuna=paths.vicuna)
     insp = Inspector.from_config(bundle_dir, None, "first_token")
-    name = product or "object"
+    name = product or FALLBACK_PRODUCT
     entry = insp.manifest_products.get(name)
     description = entry.description if entry else ""
     if shots:
@@ -183,8 +184,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from .vision_modules import CheckpointPaths
-
-    from runtime.bundle import load_bundle
 
     paths = CheckpointPaths.resolve(args.ckpt_dir, args.imagebind, args.pandagpt, args.anomalygpt, args.vicuna)
     r = verify_vision(args.bundle, paths, args.images, args.shots, args.product, backend=args.backend, threads=args.threads)

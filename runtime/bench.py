@@ -179,11 +179,12 @@ def open_inspector(bundle: Path, max_batch: int, threads: int | None, llm_thread
 
 def product_pack(insp, product: str | None, shots: list[Path]):
     from .bank import PackSpec, ProductStore, build_pack
+    from .prompt import FALLBACK_PRODUCT
 
     store = ProductStore(insp.bundle.root / "products", PackSpec.from_inspector(insp), insp.manifest_products)
     names = store.names()
     if product is None:
-        product = next((n for n in names if n != "object"), names[0] if names else None)
+        product = next((n for n in names if n != FALLBACK_PRODUCT), names[0] if names else None)
         if product is None:
             raise AgptError(f"{insp.bundle.root}: no products (pass --product and --shots)")
     if shots:

@@ -39,35 +39,31 @@ MIN_LOO_SHOTS = 3
 DUP_FRACTION = 0.5  # "closer than half the typical distance between two shots": the same part twice
 AUG_SEED = 0  # fixed: the same shots always give the same threshold
 
-MapFn = Callable[..., np.ndarray]
-
-
 def _bank(shots: Sequence[Sequence[np.ndarray]]) -> list[np.ndarray]:
     """Per tap: the shots' rows stacked and L2-normalised (once, not per query)."""
     return [l2_rows(np.concatenate([np.asarray(s[k], np.float32).reshape(-1, np.shape(s[k])[-1]) for s in shots])) for k in range(len(shots[0]))]
 
 
-def _score(query: Sequence[np.ndarray], bank: list[np.ndarray], grids, map_fn: MapFn) -> float:
-    if map_fn is bank_map:
-        return float(bank_map(list(query), bank, grids, normalised_bank=True).max())
-    return float(np.max(map_fn(list(query), bank, grids)))
+def _score(query: Sequence[np.ndarray], bank: list[np.ndarray], grids) -> float:
+    """A frame's image score on the line: the bank map's max."""
+    return float(bank_map(list(query), bank, grids, normalised_bank=True).max())
 
 
-def loo_scores(taps_per_shot: Sequence[Sequence[np.ndarray]], grids, map_fn: MapFn = bank_map) -> list[float]:
+def loo_scores(taps_per_shot: Sequence[Sequence[np.ndarray]], grids) -> list[float]:
     """Score of each shot against a bank of all the other shots."""
     n = len(taps_per_shot)
     if n < 2:
         raise ValueError("leave-one-out needs at least 2 shots")
-    return [_score(taps_per_shot[i], _bank([s for j, s in enumerate(taps_per_shot) if j != i]), grids, map_fn) for i in range(n)]
+    return [_score(taps_per_shot[i], _bank([s for j, s in enumerate(taps_per_shot) if j != i]), grids) for i in range(n)]
 
 
-def distinct_shots(taps_per_shot: Sequence[Sequence[np.ndarray]], grids, map_fn: MapFn = bank_map) -> list[int]:
+def distinct_shots(taps_per_shot: Sequence[Sequence[np.ndarray]], grids) -> list[int]:
     """Indices of the shots left after grouping near-duplicates (first of each group kept)."""
     n = len(taps_per_shot)
     if n < 3:
         return list(range(n))
     banks = [_bank([s]) for s in taps_per_shot]
-    pair = np.array([[_score(taps_per_shot[i], banks[j], grids, map_fn) if i != j else np.nan for j in range(n)] for i in range(n)])
+    pair = np.array([[_score(taps_per_shot[i], banks[j], grids) if i != j else np.nan for j in range(n)] for i in range(n)])
     pair = np.fmax(pair, pair.T)  # a pair is a duplicate only when each explains the other
     typical = float(np.nanmedian(pair))
     keep: list[int] = []
@@ -103,21 +99,22 @@ def augmented_views(image: np.ndarray, n: int = N_AUG, seed: int = AUG_SEED) -> 
 def calibrate(
     taps_per_shot: Sequence[Sequence[np.ndarray]],
     grids: Sequence[tuple[int, int]],
-    map_fn: MapFn = bank_map,
     aug_taps: Sequence[Sequence[np.ndarray]] | None = None,
+    keep: list[int] | None = None,
 ) -> dict:
     """{threshold, method, judge, margin, n_shots, loo_scores | aug_scores}: stored in pack meta 'calibration'.
 
     taps_per_shot: per shot, its taps [(N_k, W_k)]. aug_taps: with fewer than 3 shots, the taps of the shots'
     augmented views (`augmented_views(image)` through the same encoder); without them the judge has no threshold.
+    keep: distinct_shots() when the caller has already worked it out (it costs n x (n-1) bank maps).
     """
     grids = [tuple(int(v) for v in g) for g in grids]
     n = len(taps_per_shot)
     if n == 0:
         return {}
-    keep = distinct_shots(taps_per_shot, grids, map_fn)
+    keep = distinct_shots(taps_per_shot, grids) if keep is None else keep
     if len(keep) >= MIN_LOO_SHOTS:
-        scores = loo_scores([taps_per_shot[i] for i in keep], grids, map_fn)
+        scores = loo_scores([taps_per_shot[i] for i in keep], grids)
         return {
             "judge": "calibrated-score", "method": "loo-median", "margin": LOO_MARGIN, "n_shots": n,
             "threshold": LOO_MARGIN * float(np.median(scores)), "loo_scores": scores, "distinct_shots": keep,
@@ -126,7 +123,7 @@ def calibrate(
         return {"judge": "calibrated-score", "method": "none", "n_shots": n, "threshold": None,
                 "reason": f"{n} shot(s) and no augmented views: add shots or calibrate with the images"}
     bank = _bank(taps_per_shot)
-    scores = [_score(a, bank, grids, map_fn) for a in aug_taps]
+    scores = [_score(a, bank, grids) for a in aug_taps]
     return {
         "judge": "calibrated-score", "method": "augmented-median", "margin": AUG_MARGIN, "n_shots": n,
         "threshold": AUG_MARGIN * float(np.median(scores)), "aug_scores": scores,
@@ -134,14 +131,14 @@ def calibrate(
 
 
 def calibrate_images(images: Sequence[np.ndarray], taps_fn: Callable[[np.ndarray], list[np.ndarray]], grids,
-                     map_fn: MapFn = bank_map, taps_per_shot: Sequence[Sequence[np.ndarray]] | None = None) -> dict:
+                     taps_per_shot: Sequence[Sequence[np.ndarray]] | None = None) -> dict:
     """What a pack builder calls: taps through `taps_fn`, plus augmented views when there are fewer than 3 shots."""
     if not images:
         return {}
     if taps_per_shot is None:
         taps_per_shot = [taps_fn(img) for img in images]
     aug = None
-    keep = distinct_shots(taps_per_shot, grids, map_fn)
+    keep = distinct_shots(taps_per_shot, grids)
     if len(keep) < MIN_LOO_SHOTS:
         aug = [taps_fn(v) for i in keep for v in augmented_views(images[i], seed=AUG_SEED + i)]
-    return calibrate(taps_per_shot, grids, map_fn, aug)
+    return calibrate(taps_per_shot, grids, aug, keep)

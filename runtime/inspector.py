@@ -26,10 +26,9 @@ from .bundle import Bundle, load_bundle
 from .errors import AgptError
 from .maps import bank_map, l2_rows, peak_location
 from .preprocess import FrameTransform, preprocess
-from .prompt import parse_answer, product_question
+from .prompt import FALLBACK_PRODUCT, parse_answer, product_question
 from .vision import VisionEngines
 
-FALLBACK_PRODUCT = "object"  # the reference's text-feature name for a product it does not know
 
 
 @dataclass

@@ -144,11 +144,14 @@ class FrameContext:
     history: list[tuple[str, str]] = field(default_factory=list)
 
 
+def first_token_verdict(ly: float, ln: float) -> FirstToken:
+    """P(anomaly) = softmax([' Yes', ' No'] logits)[0], written so that it cannot overflow."""
+    ly, ln = float(ly), float(ln)
+    return FirstToken(float(1.0 / (1.0 + np.exp(min(ln - ly, 80.0)))), ly, ln)
+
+
 def _p_yes(logits: np.ndarray, layout: PromptLayout) -> FirstToken:
-    ly, ln = float(logits[layout.yes_token]), float(logits[layout.no_token])
-    # softmax([ly, ln])[0], written so that it cannot overflow
-    p = 1.0 / (1.0 + np.exp(ln - ly)) if ln - ly < 80 else 0.0
-    return FirstToken(float(p), ly, ln)
+    return first_token_verdict(logits[layout.yes_token], logits[layout.no_token])
 
 
 class LlmSession:
@@ -156,13 +159,12 @@ class LlmSession:
 
     kv_f32 and flash_attn=False give transformers parity to ~1e-5 (tests); the defaults (F16 KV) are
     what a line device runs. `n_embd`, when given, is the width the bundle's prompt learner produces.
-    Greedy decoding is deterministic; `seed` is kept for interface stability and unused.
     n_seq_max > 1 (one sequence per camera) sizes the context for that many frames at once: n_ctx is
     then per sequence, and the unified KV cache holds n_ctx * n_seq_max cells.
     """
 
     def __init__(self, gguf_path: str | Path, layout: PromptLayout, n_ctx: int = 2048, n_threads: int | None = None,
-                 n_batch: int = 512, kv_f32: bool = False, flash_attn: bool = False, seed: int = 0,
+                 n_batch: int = 512, kv_f32: bool = False, flash_attn: bool = False,
                  n_embd: int | None = None, n_gpu_layers: int | None = None, verbose: bool = False,
                  single_batch: bool = True, n_seq_max: int = 1):
         global _VERBOSE
@@ -170,7 +172,6 @@ class LlmSession:
         ll = self._ll = llama_cpp_module()
         self.path = Path(gguf_path)
         self.layout = layout
-        self.seed = seed
         self._lock = threading.Lock()
         self._model = self._ctx = None
         self._batches: list = []
@@ -427,9 +428,7 @@ class LlmSession:
 
     def first_token(self, img_embed, prompts, question: str) -> FirstToken:
         """P(anomaly) from the first answer token's ' Yes'/' No' logits: one prefill, no generation."""
-        with self._lock:
-            logits, _ = self._prefill(img_embed, prompts, question_text(question), "last")
-        return _p_yes(logits, self.layout)
+        return self.first_token_batch([(img_embed, prompts, question)])[0]
 
     def first_token_batch(self, frames: list[tuple]) -> list[FirstToken]:
         """first_token for several frames [(img_embed, prompts, question)], decoded as parallel sequences of

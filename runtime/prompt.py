@@ -11,6 +11,8 @@ import re
 from pydantic import BaseModel, Field
 
 # 3x3 grid of the 224 frame, row first, exactly the names the training answers used.
+FALLBACK_PRODUCT = "object"  # the reference's text-feature name for a product it does not know
+
 POSITIONS = (
     ("top left", "top", "top right"),
     ("left", "center", "right"),

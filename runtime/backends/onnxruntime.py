@@ -53,7 +53,7 @@ def _spec(arg) -> TensorSpec:
 
 
 class OrtEngine(EngineBase):
-    def __init__(self, path: Path, providers: list | None = None, threads: int | None = None, optimized_model: Path | None = None):
+    def __init__(self, path: Path, providers: list | None = None, threads: int | None = None):
         ort = _import()
         self.path = Path(path)
         so = ort.SessionOptions()
@@ -61,8 +61,6 @@ class OrtEngine(EngineBase):
         if threads:
             so.intra_op_num_threads = int(threads)
             so.inter_op_num_threads = 1
-        if optimized_model:
-            so.optimized_model_filepath = str(optimized_model)
         self.providers = resolve_providers(providers)
         try:
             self.session = ort.InferenceSession(str(self.path), so, providers=self.providers)

@@ -358,7 +358,7 @@ class TorchPrefill:
 
     def first_token_batch(self, frames: list[tuple]):
         """[(img_embed, prompts, question)] -> [FirstToken]; frames with the same question length share a batch."""
-        from ..llm import FirstToken
+        from ..llm import first_token_verdict
 
         torch = self.torch
         with torch.inference_mode():
@@ -370,7 +370,7 @@ class TorchPrefill:
         for idx in groups.values():
             lg = self.first_token_logits_t(torch.stack([rows[i] for i in idx])).double().cpu().numpy()
             for i, (ly, ln) in zip(idx, lg):
-                out[i] = FirstToken(float(1.0 / (1.0 + np.exp(min(ln - ly, 80.0)))), float(ly), float(ln))
+                out[i] = first_token_verdict(ly, ln)
         return out
 
     def first_token(self, img_embed, prompts, question: str):
