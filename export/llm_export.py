@@ -323,24 +323,33 @@ def reference_inputs_embeds(model, layout: PromptLayout, img_embed, prompts, que
 
 
 @torch.no_grad()
-def reference_greedy(model, inputs_embeds: torch.Tensor, layout: PromptLayout, max_new_tokens: int | None = None) -> list[int]:
+def reference_generate(model, inputs_embeds: torch.Tensor, layout: PromptLayout,
+                       max_new_tokens: int | None = None) -> tuple[list[int], torch.Tensor]:
     """transformers generate() from inputs_embeds with the reference's stop rule: stop once '##' (2277)
     or EOS is generated, else after max_new_tokens (512 in the reference).
 
     The reference samples with top_p 0.01 (greedy in effect); do_sample=False here. Returns every
-    generated token, the stop token included (generate() from embeddings returns only new tokens).
+    generated token, the stop token included (generate() from embeddings returns only new tokens), and
+    the first step's raw logits (V,) fp32: the prefill a first-token verdict reads, not computed twice.
     """
     n = layout.max_new_tokens if max_new_tokens is None else max_new_tokens
     out = model.generate(
         inputs_embeds=inputs_embeds, attention_mask=torch.ones(inputs_embeds.shape[:2], dtype=torch.long),
         max_new_tokens=n, min_new_tokens=0, do_sample=False, num_beams=1, use_cache=True,
         eos_token_id=[layout.stop_token, layout.eos_token], pad_token_id=layout.eos_token,
+        output_logits=True, return_dict_in_generate=True,
     )
-    tokens = out[0].tolist()
+    tokens = out.sequences[0].tolist()
     for i, t in enumerate(tokens):  # generate() pads nothing for one sequence; cut defensively at the stop
         if t in (layout.stop_token, layout.eos_token):
-            return tokens[: i + 1]
-    return tokens
+            tokens = tokens[: i + 1]
+            break
+    return tokens, out.logits[0][0].float()
+
+
+def reference_greedy(model, inputs_embeds: torch.Tensor, layout: PromptLayout, max_new_tokens: int | None = None) -> list[int]:
+    """The tokens of reference_generate()."""
+    return reference_generate(model, inputs_embeds, layout, max_new_tokens)[0]
 
 
 def reference_text(sp, tokens: list[int]) -> str:

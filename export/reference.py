@@ -21,7 +21,7 @@ from runtime.preprocess import load_image, preprocess
 from runtime.prompt import PromptLayout, parse_answer, product_question, question_text
 
 from . import checkpoints as ck
-from .llm_export import build_reference_llm, make_layout, reference_greedy, reference_inputs_embeds, reference_text
+from .llm_export import build_reference_llm, make_layout, reference_generate, reference_inputs_embeds, reference_text
 from .modeling.decoder import decoder_map
 from .modeling.fewshot import bank_from_shots, bank_map
 from .modeling.text_prompts import text_features
@@ -109,8 +109,7 @@ class Reference:
         P, E = self.prompts(m, emb)
         text = question_text(question or product_question(description), history)
         embeds = self.inputs_embeds(E, P, text)
-        first = self.model(inputs_embeds=embeds).logits[0, -1].float()  # the one prefill a first-token verdict needs
-        result.tokens = reference_greedy(self.model, embeds, self.layout, max_new_tokens)
+        result.tokens, first = reference_generate(self.model, embeds, self.layout, max_new_tokens)
         result.p_anomaly = p_yes(first, self.layout)
         result.answer = reference_text(self.sp, result.tokens)
         result.verdict, result.locations = parse_answer(result.answer)

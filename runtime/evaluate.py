@@ -236,8 +236,8 @@ def evaluate(
         }
         good = labels == False  # noqa: E712
         for t in types:
-            sel = good | np.array([s.defect == t for s in samples])
             is_t = np.array([s.defect == t for s in samples])
+            sel = good | is_t
             row["per_type"][t] = {
                 "n": int(is_t.sum()),
                 "image_auroc": auroc(scores_a[sel], labels[sel]),
