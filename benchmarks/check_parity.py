@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from export.bundle_writer import export_bundle  # noqa: E402
 from export.reference import Reference  # noqa: E402
 from export.tiny import make_tiny  # noqa: E402
-from runtime.bank import ProductPack  # noqa: E402
+from runtime.bank import build_pack  # noqa: E402
 from runtime.inspector import Inspector  # noqa: E402
 from runtime.preprocess import load_image  # noqa: E402
 
@@ -53,8 +53,7 @@ def main() -> int:
         ans32 = Inspector.from_config(b32, None, "answer", llm_options=dict(kv_f32=True), max_new_tokens=args.new_tokens)
         fast32 = Inspector.from_config(b32, None, "first_token", llm_options=dict(kv_f32=True))
         fast8 = Inspector.from_config(b8, None, "first_token")
-        packs = {id(i): ProductPack(args.category, DESCRIPTION, [], i.text_features(args.category), {"encoder_sha256": i.encoder_sha256})
-                 for i in (ans32, fast32, fast8)}
+        packs = {id(i): build_pack(i, args.category, DESCRIPTION, []) for i in (ans32, fast32, fast8)}
         rows = []
         t0 = time.time()
         for f in frames:

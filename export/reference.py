@@ -48,9 +48,10 @@ class Reference:
     """Loads the four checkpoints strictly and runs the whole model. `llm=False` stops at the prompt embeddings."""
 
     def __init__(self, ckpt_dir: str | Path | None = None, *, imagebind=None, pandagpt=None, anomalygpt=None, vicuna=None,
-                 llm: bool = True, merged_lora: bool = False):
+                 llm: bool = True, merged_lora: bool = False, modules=None):
+        """modules: the vision side already loaded from these checkpoints (load_vision_modules(text=True))."""
         self.paths = CheckpointPaths.resolve(ckpt_dir, imagebind, pandagpt, anomalygpt, vicuna)
-        mods = load_vision_modules(self.paths, text=True)
+        mods = modules if modules is not None else load_vision_modules(self.paths, text=True)
         self.vision, self.text, self.decoder = mods.vision, mods.text, mods.decoder
         self.prompt_learner, self.llama_proj = mods.learner, mods.proj
         self._text_cache: dict[str, torch.Tensor] = {}

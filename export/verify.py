@@ -40,8 +40,9 @@ def _stat(got: np.ndarray, ref: np.ndarray) -> dict:
 
 def verify_vision(bundle_dir: str | Path, paths, images: list[Path] | np.ndarray, shots: list[Path] | np.ndarray | None = None,
                   product: str | None = None, backend: str = "onnxruntime", providers: list | None = None,
-                  threads: int | None = None) -> dict:
-    """Compare the bundle's graphs with the torch modules on the same inputs; returns a JSON-able report."""
+                  threads: int | None = None, bundle=None, mods=None) -> dict:
+    """Compare the bundle's graphs with the torch modules on the same inputs; returns a JSON-able report.
+    bundle / mods: the loaded bundle and vision modules when the caller already has them."""
     import torch
 
     from runtime.maps import bank_map, peak_location
@@ -53,9 +54,9 @@ def verify_vision(bundle_dir: str | Path, paths, images: list[Path] | np.ndarray
     from .modeling.text_prompts import text_features
     from .vision_modules import load_vision_modules
 
-    bundle = load_bundle(bundle_dir, verify=True)
+    bundle = bundle or load_bundle(bundle_dir, verify=True)
     m = bundle.manifest
-    mods = load_vision_modules(paths, text=True)
+    mods = mods or load_vision_modules(paths, text=True)
     ve = VisionEngines(bundle, backend=backend, providers=providers, threads=threads)
     x = images if isinstance(images, np.ndarray) else load_images(list(images))
     sx = None if shots is None or len(shots) == 0 else (shots if isinstance(shots, np.ndarray) else load_images(list(shots)))
@@ -119,9 +120,11 @@ def verify_vision(bundle_dir: str | Path, paths, images: list[Path] | np.ndarray
     return report
 
 
-def verify_verdicts(bundle_dir: str | Path, paths, images: list[Path], shots: list[Path], product: str | None) -> dict:
-    """First-token verdict and location: the oracle (torch + transformers) vs the bundle (graphs + llama.cpp)."""
-    from runtime.bank import ProductPack, build_pack
+def verify_verdicts(bundle_dir: str | Path, paths, images: list[Path], shots: list[Path], product: str | None,
+                    bundle=None, mods=None) -> dict:
+    """First-token verdict and location: the oracle (torch + transformers) vs the bundle (graphs + llama.cpp).
+    bundle / mods: the loaded bundle and vision modules when the caller already has them."""
+    from runtime.bank import build_pack
     from runtime.inspector import Inspector
     from runtime.maps import peak_location
     from runtime.preprocess import load_image
@@ -129,15 +132,12 @@ def verify_verdicts(bundle_dir: str | Path, paths, images: list[Path], shots: li
 
     from .reference import Reference
 
-    ref = Reference(imagebind=paths.imagebind, pandagpt=paths.pandagpt, anomalygpt=paths.anomalygpt, vicuna=paths.vicuna)
-    insp = Inspector.from_config(bundle_dir, None, "first_token")
+    ref = Reference(imagebind=paths.imagebind, pandagpt=paths.pandagpt, anomalygpt=paths.anomalygpt, vicuna=paths.vicuna, modules=mods)
+    insp = Inspector(bundle or load_bundle(bundle_dir), None, "first_token")
     name = product or FALLBACK_PRODUCT
     entry = insp.manifest_products.get(name)
     description = entry.description if entry else ""
-    if shots:
-        pack = build_pack(insp, name, description, shots)
-    else:
-        pack = ProductPack(name, description, [], insp.text_features(name), {"encoder_sha256": insp.encoder_sha256})
+    pack = build_pack(insp, name, description, shots)  # no shots: the product's text features alone
     rows = []
     for img in images:
         r = ref.run(img, product=name, description=description, shots=shots, question=product_question(description), max_new_tokens=1)
@@ -183,13 +183,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .vision_modules import CheckpointPaths
+    from .vision_modules import CheckpointPaths, load_vision_modules
 
     paths = CheckpointPaths.resolve(args.ckpt_dir, args.imagebind, args.pandagpt, args.anomalygpt, args.vicuna)
-    r = verify_vision(args.bundle, paths, args.images, args.shots, args.product, backend=args.backend, threads=args.threads)
-    has_llm = load_bundle(args.bundle, verify=False).manifest.llm is not None
-    if has_llm and not args.no_llm and paths.vicuna is not None and paths.vicuna.is_dir():
-        r["llm"] = verify_verdicts(args.bundle, paths, args.images, args.shots, args.product)
+    bundle = load_bundle(args.bundle, verify=True)  # hashed once, the modules loaded once, for both checks
+    mods = load_vision_modules(paths, text=True)
+    r = verify_vision(args.bundle, paths, args.images, args.shots, args.product, backend=args.backend, threads=args.threads,
+                      bundle=bundle, mods=mods)
+    if bundle.manifest.llm is not None and not args.no_llm and paths.vicuna is not None and paths.vicuna.is_dir():
+        r["llm"] = verify_verdicts(args.bundle, paths, args.images, args.shots, args.product, bundle=bundle, mods=mods)
         r["ok"] = r["ok"] and r["llm"]["verdicts_agree"] == r["llm"]["frames"]
     print(json.dumps(r, indent=2) if args.json else format_report(r))
     return 0 if r["ok"] else 1
