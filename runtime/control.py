@@ -24,7 +24,7 @@ from concurrent.futures import Future
 import zmq
 
 from .messages import Reply, Request, RequestError, parse_request
-from .publish import bound_socket
+from .publish import apply_curve_client, apply_socket_limits, bound_socket
 
 log = logging.getLogger("agpt.control")
 
@@ -166,27 +166,16 @@ def request(endpoint: str, payload: dict | bytes, timeout_s: float = 5.0, curve:
             max_reply_bytes: int = 16 << 20) -> dict:
     """One request from a short-lived client (health checks, scripts). TimeoutError when nothing answers.
 
-    curve: {"server_public_key": path to server.key, "client_secret_key": path to client.key_secret}; without
-    a client key a throwaway identity is used (enough for a daemon that accepts any CURVE client).
+    curve: as publish.apply_curve_client takes it.
     A DEALER sends [b"", request], the envelope a REQ sends, so REP and ROUTER servers both answer.
     """
     own = ctx is None
     ctx = ctx or zmq.Context()
     sock = ctx.socket(zmq.DEALER)
-    sock.setsockopt(zmq.LINGER, 0)
-    sock.setsockopt(zmq.MAXMSGSIZE, max_reply_bytes)
     try:
+        apply_socket_limits(sock, max_reply_bytes)
         if curve:
-            from zmq import auth as zauth
-
-            server_public, _ = zauth.load_certificate(str(curve["server_public_key"]))
-            if curve.get("client_secret_key"):
-                pub, sec = zauth.load_certificate(str(curve["client_secret_key"]))
-                if sec is None:
-                    raise ValueError(f"{curve['client_secret_key']} holds no secret key")
-            else:
-                pub, sec = zmq.curve_keypair()
-            sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, pub, sec
+            apply_curve_client(sock, curve)
         sock.connect(endpoint)
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
         sock.send_multipart([b"", body])

@@ -39,22 +39,21 @@ def ensure_bundle(cfg: DaemonConfig, progress=print) -> None:
 def ensure_product(cfg: DaemonConfig, inspector, progress=print) -> None:
     """A pack for the config's product, from the synthetic line's own normal parts (never its defects).
     `inspector`: the daemon's own, so the models are loaded once."""
-    if (cfg.bundle / "products" / cfg.product / "pack.npz").is_file():
+    from .bank import PackSpec, ProductStore, build_pack
+    from .camera import make_source
+
+    store = ProductStore(cfg.bundle / "products", PackSpec.from_inspector(inspector), dict(inspector.manifest_products))
+    if store.pack_path(cfg.product).is_file():  # not store.exists: a product named only in bundle.json has no pack
         return
     cam = cfg.camera_list[0]  # with `cameras:`, the first camera's line makes the shots
     if cam.kind != "synthetic":
         raise AgptError(f"product {cfg.product!r} has no pack: build one with 'agpt bank build' (the demo only makes packs for a synthetic line)")
-    from .bank import PackSpec, ProductStore, build_pack
-    from .synthetic import make_source
-
     n = cfg.demo.shots if cfg.demo else 4
     progress(f"[demo] setting up product {cfg.product!r} from {n} normal shots")
-    source = make_source(cam.source, cam.loop, **cam.options)
-    shots = source.normal_shots(n)
-    insp = inspector
+    shots = make_source(cam).normal_shots(n)
     description = cfg.demo.description if cfg.demo else ""
-    pack = build_pack(insp, cfg.product, description, shots)
-    ProductStore(cfg.bundle / "products", PackSpec.from_inspector(insp), dict(insp.manifest_products)).save(pack, replace=True)
+    pack = build_pack(inspector, cfg.product, description, shots)
+    store.save(pack, replace=True)
     progress(f"[demo] pack {pack.bank_id} written; calibration: {pack.calibration or 'none (the LLM judges)'}")
 
 

@@ -44,6 +44,21 @@ def apply_curve_server(sock: zmq.Socket, secret_key_file) -> None:
     sock.curve_server = True
 
 
+def apply_curve_client(sock: zmq.Socket, curve: dict) -> None:
+    """curve: {"server_public_key": path to server.key, "client_secret_key": path to client.key_secret}; without
+    a client key a throwaway identity is used (enough for a daemon that accepts any CURVE client)."""
+    from zmq import auth as zauth
+
+    server_public, _ = zauth.load_certificate(str(curve["server_public_key"]))
+    if curve.get("client_secret_key"):
+        public, secret = zauth.load_certificate(str(curve["client_secret_key"]))
+        if secret is None:
+            raise ValueError(f"{curve['client_secret_key']} holds no secret key")
+    else:
+        public, secret = zmq.curve_keypair()
+    sock.curve_serverkey, sock.curve_publickey, sock.curve_secretkey = server_public, public, secret
+
+
 def bound_socket(ctx: zmq.Context, kind: int, endpoint: str, max_message_bytes: int, curve_secret_key=None,
                  options: dict[int, int] | None = None) -> zmq.Socket:
     """A socket with the limits, options and CURVE applied, bound to endpoint. On any failure (a port in use,

@@ -24,6 +24,7 @@ import zmq
 
 from .errors import AgptError
 from .messages import Event, FrameTransformInfo, ResultHeader, Status
+from .publish import apply_curve_client, apply_socket_limits
 
 
 @dataclass
@@ -72,15 +73,10 @@ class ResultSubscriber:
         self._own = ctx is None
         self.ctx = ctx or zmq.Context()
         self.sock = self.ctx.socket(zmq.SUB)
-        self.sock.setsockopt(zmq.LINGER, 0)
+        apply_socket_limits(self.sock, max_message_bytes)
         self.sock.setsockopt(zmq.RCVHWM, rcvhwm)
-        self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
-        if curve:  # {"server_public_key": server.key, "client_secret_key": client.key_secret}
-            from zmq import auth as zauth
-
-            server_public, _ = zauth.load_certificate(str(curve["server_public_key"]))
-            pub, sec = zauth.load_certificate(str(curve["client_secret_key"]))
-            self.sock.curve_serverkey, self.sock.curve_publickey, self.sock.curve_secretkey = server_public, pub, sec
+        if curve:
+            apply_curve_client(self.sock, curve)
         for t in topics:
             self.sock.setsockopt(zmq.SUBSCRIBE, t.encode())
         self.sock.connect(endpoint)
