@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .decoder import _grid
 from .transformer import l2_normalise
 
 
@@ -18,14 +19,14 @@ def bank_from_shots(shot_taps: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t.reshape(-1, t.shape[-1]) for t in shot_taps]
 
 
-def bank_map(query_taps: list[torch.Tensor], bank: list[torch.Tensor], size: int = 224) -> torch.Tensor:
-    """query taps [(B,N,W)], bank [(M,W)] -> M_fs (B,1,size,size)."""
+def bank_map(query_taps: list[torch.Tensor], bank: list[torch.Tensor], size: int = 224, normalised_bank: bool = False) -> torch.Tensor:
+    """query taps [(B,N,W)], bank [(M,W)] (already L2-normalised per row when normalised_bank) -> M_fs (B,1,size,size)."""
     sims = []
     for q, b in zip(query_taps, bank):
-        cos = l2_normalise(q) @ l2_normalise(b).transpose(0, 1)  # (B,N,M)
+        cos = l2_normalise(q) @ (b if normalised_bank else l2_normalise(b)).transpose(0, 1)  # (B,N,M)
         sims.append(cos.max(dim=-1).values)  # (B,N)
     s = torch.stack(sims).mean(dim=0)  # (B,N)
     B, N = s.shape
-    h = int(round(N ** 0.5))
-    s = F.interpolate(s.reshape(B, 1, h, N // h), size=(size, size), mode="bilinear", align_corners=True)
+    h, w = _grid(N)
+    s = F.interpolate(s.reshape(B, 1, h, w), size=(size, size), mode="bilinear", align_corners=True)
     return 1.0 - s

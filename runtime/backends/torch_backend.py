@@ -25,7 +25,6 @@ Nothing here imports torch at module level: the runtime (and its torch-free test
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -182,19 +181,12 @@ class TorchVision:
         return (emb, *taps)
 
     def _decoder_fn(self, tap0, tap1, tap2, tap3, text_feats):
-        """decoder_map of export.modeling.decoder, with the decoder's Linear layers in the module dtype and
-        the normalisation, logits and softmax in fp32 (x100 logits in fp16 would lose the map's detail)."""
-        torch, F = self.torch, self.torch.nn.functional
-        tf = text_feats.float()
-        maps = []
-        for fc, t in zip(self.decoder.fc, (tap0, tap1, tap2, tap3)):
-            p = fc(t).float()
-            B, N, _ = p.shape
-            h = int(round(math.sqrt(N)))
-            logits = 100.0 * (p / p.norm(dim=-1, keepdim=True).clamp_min(1e-12)) @ tf.transpose(0, 1)
-            logits = F.interpolate(logits.transpose(1, 2).reshape(B, 2, h, N // h), size=(224, 224), mode="bilinear", align_corners=True)
-            maps.append(logits.softmax(dim=1)[:, 1])
-        return torch.stack(maps).mean(dim=0)
+        """export.modeling.decoder.decoder_map with the decoder's Linear layers in the module dtype and the
+        normalisation, logits and softmax in fp32 (x100 logits in fp16 would lose the map's detail)."""
+        from export.modeling.decoder import decoder_map
+
+        projected = [fc(t).float() for fc, t in zip(self.decoder.fc, (tap0, tap1, tap2, tap3))]
+        return decoder_map(projected, text_feats.float())[:, 0]
 
     def _prompts_fn(self, m, emb):
         return self.learner(m.to(self.dtype)[:, None] if m.ndim == 3 else m.to(self.dtype)), self.proj(emb.to(self.dtype))
@@ -213,18 +205,12 @@ class TorchVision:
 
     def bank_map_t(self, taps: list, bank: list) -> Any:
         """Few-shot map (B,224,224) from taps [(B,N,W)] and a normalised bank [(M,W)] (fp32 similarities)."""
-        torch, F = self.torch, self.torch.nn.functional
+        from export.modeling.fewshot import bank_map
+
+        torch = self.torch
         with torch.inference_mode():
-            sims = []
-            for q, b in zip(taps, bank):
-                q = q.float()
-                q = q / q.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-                sims.append((q @ b.to(q.device, torch.float32).transpose(0, 1)).amax(dim=-1))
-            s = torch.stack(sims).mean(dim=0)
-            B, N = s.shape
-            h = int(round(math.sqrt(N)))
-            s = F.interpolate(s.reshape(B, 1, h, N // h), size=(224, 224), mode="bilinear", align_corners=True)
-            return 1.0 - s[:, 0]
+            query = [q.float() for q in taps]
+            return bank_map(query, [b.to(self.device, torch.float32) for b in bank], normalised_bank=True)[:, 0]
 
     def prompts_t(self, m, emb) -> tuple[Any, Any]:
         with self.torch.inference_mode():
