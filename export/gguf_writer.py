@@ -81,17 +81,13 @@ def gguf_tensors(src: VicunaSource, delta: PandaGptDelta | None, dtype: str, per
             w = permute_qk(w, s.heads)
         elif permute and gname.endswith("attn_k.weight"):
             w = permute_qk(w, s.kv_heads)
-        # norms stay F32 (llama.cpp's converter does the same); matrices take the file's type
-        np_dtype = np.float16 if (dtype == "F16" and w.ndim == 2) else np.float32
-        yield gname, np.ascontiguousarray(w.numpy().astype(np_dtype, copy=False))
+        yield gname, np.ascontiguousarray(w.numpy().astype(_np_dtype(dtype, w.ndim), copy=False))
         del w
 
 
-def _shape_dtype(src: VicunaSource, gname: str, hname: str, dtype: str) -> tuple[tuple[int, ...], np.dtype]:
-    from .llm_export import llama_expected
-
-    shape = llama_expected(src.shape)[hname]
-    return shape, np.dtype(np.float16 if (dtype == "F16" and len(shape) == 2) else np.float32)
+def _np_dtype(dtype: str, ndim: int) -> np.dtype:
+    """Norms stay F32 (llama.cpp's converter does the same); matrices take the file's type."""
+    return np.dtype(np.float16 if (dtype == "F16" and ndim == 2) else np.float32)
 
 
 def write_llama_gguf(src: VicunaSource, delta: PandaGptDelta | None, path: Path, dtype: str = "F16",
@@ -128,9 +124,12 @@ def write_llama_gguf(src: VicunaSource, delta: PandaGptDelta | None, path: Path,
     w.add_add_eos_token(False)
     w.add_add_space_prefix(True)
 
-    plan = tensor_plan(src)
-    for gname, hname in plan:
-        shape, dt = _shape_dtype(src, gname, hname, dtype)
+    from .llm_export import llama_expected
+
+    expected = llama_expected(src.shape)
+    for gname, hname in tensor_plan(src):
+        shape = expected[hname]
+        dt = _np_dtype(dtype, len(shape))
         w.add_tensor_info(gname, shape, dt, int(np.prod(shape)) * dt.itemsize)
     w.write_header_to_file()
     w.write_kv_data_to_file()

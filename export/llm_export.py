@@ -24,6 +24,8 @@ from runtime.prompt import SEGMENT_BEFORE, SEGMENT_MIDDLE, PromptLayout
 
 from .checkpoints import LORA_TARGETS, PandaGptDelta, _listing, load_pandagpt
 
+LAYOUT_PIECES = ("▁Yes", "▁No", "##")  # the verdict tokens and the reference's stop piece, looked up in the tokenizer
+
 # llama.cpp file types (enum llama_ftype)
 QUANTS = {"F32": 0, "F16": 1, "Q8_0": 7, "Q4_K_M": 15}
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)  # buffers old transformers versions saved into Vicuna v0 shards
@@ -297,7 +299,7 @@ def make_layout(sp) -> PromptLayout:
     middle=[1533, 25518, 29958, 29871], yes 3869, no 1939, stop ('##') 2277, bos 1, eos 2.
     """
     ids = {}
-    for piece in ("▁Yes", "▁No", "##"):
+    for piece in LAYOUT_PIECES:
         i = sp.piece_to_id(piece)
         if i == sp.unk_id():
             raise AgptError(f"tokenizer has no piece {piece!r}: not a LLaMA/Vicuna SentencePiece model")

@@ -15,11 +15,11 @@ from pathlib import Path
 import torch
 
 from .checkpoints import LORA_PREFIX, LORA_TARGETS
+from .llm_export import LAYOUT_PIECES
 
 VOCAB_PIECES = 600  # SentencePiece size; config.json says one more (the Vicuna v0 added pad)
 LLM = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=172)
 LORA_RANK = 4
-REQUIRED_PIECES = ("▁Yes", "▁No", "##")
 
 _PRODUCTS = {
     "bottle": "round, without any damage, flaw, defect, scratch, hole or broken part",
@@ -106,7 +106,7 @@ def train_tokenizer(vocab_size: int = VOCAB_PIECES) -> bytes:
     )
     model = out.getvalue()
     sp = spm.SentencePieceProcessor(model_proto=model)
-    missing = [p for p in REQUIRED_PIECES if sp.piece_to_id(p) == sp.unk_id()]
+    missing = [p for p in LAYOUT_PIECES if sp.piece_to_id(p) == sp.unk_id()]
     if missing:  # the layout needs them; a corpus change that loses one must fail here, not in a test far away
         raise RuntimeError(f"tiny tokenizer lacks pieces {missing}")
     return model

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import PRODUCT_RE
 from .errors import AgptError
 from .preprocess import list_images
 
@@ -185,7 +186,7 @@ def evaluate(
         from .inspector import Inspector
 
         inspector = Inspector.from_config(bundle, backend or BackendConfig(), verdict_mode)
-    product = category if re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", category) else "product"
+    product = category if re.match(PRODUCT_RE, category) else "product"
     description = default_description(category) if description is None else description
 
     # the test frames and masks are read once; every draw judges the same frames

@@ -12,7 +12,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-CONV_INDICES = (0, 3, 6, 9, 12, 15)
+from ..checkpoints import PROMPT_CONVS
+
 
 
 class PromptLearner(nn.Module):
@@ -36,7 +37,7 @@ class PromptLearner(nn.Module):
     @classmethod
     def from_state(cls, pl: dict[str, torch.Tensor]) -> "PromptLearner":
         """From AnomalyGptDelta.prompt_learner ({'base_prompts', 'meta_net.{i}.weight/bias'})."""
-        ws = [pl[f"meta_net.{i}.weight"] for i in CONV_INDICES]
+        ws = [pl[f"meta_net.{i}.weight"] for i in PROMPT_CONVS]
         channels = [ws[0].shape[1]] + [w.shape[0] for w in ws]
         m = cls(channels, [w.shape[-1] for w in ws], pl["base_prompts"].shape[0])
         m.load_state_dict({k: v.float() for k, v in pl.items()}, strict=True)
