@@ -9,6 +9,7 @@ with this, so it favours being obviously right over being fast.
 from __future__ import annotations
 
 import argparse
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,6 +56,7 @@ class Reference:
         self.vision, self.text, self.decoder = mods.vision, mods.text, mods.decoder
         self.prompt_learner, self.llama_proj = mods.learner, mods.proj
         self._text_cache: dict[str, torch.Tensor] = {}
+        self._last_bank: tuple[str, list[torch.Tensor]] | None = None
         self.model = self.sp = self.layout = None
         if llm:
             if self.paths.vicuna is None:
@@ -74,13 +76,20 @@ class Reference:
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self.vision(x)
 
+    def _bank(self, shots: torch.Tensor) -> list[torch.Tensor]:
+        """The shots' bank, encoded once for a run of frames judged against the same shots (same values)."""
+        key = hashlib.sha256(shots.numpy().tobytes()).hexdigest()
+        if self._last_bank is None or self._last_bank[0] != key:
+            _, shot_taps = self.encode(shots)
+            self._last_bank = (key, bank_from_shots(shot_taps))
+        return self._last_bank[1]
+
     @torch.no_grad()
     def anomaly_map(self, x: torch.Tensor, product: str | None = None, shots: torch.Tensor | None = None):
         """(emb, taps, map (B,1,224,224)): the bank map when shots are given (it replaces the decoder map)."""
         emb, taps = self.encode(x)
         if shots is not None and len(shots):
-            _, shot_taps = self.encode(shots)
-            return emb, taps, bank_map(taps, bank_from_shots(shot_taps))
+            return emb, taps, bank_map(taps, self._bank(shots))
         return emb, taps, decoder_map(self.decoder(taps), self.text_feats(product))
 
     @torch.no_grad()

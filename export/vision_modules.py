@@ -14,6 +14,17 @@ from runtime.errors import AgptError
 from . import checkpoints as ck
 
 
+def checkpoint_path(given, ckpt_dir, rel: Path, what: str, required: bool = True) -> Path | None:
+    """An explicit path, else ckpt_dir/rel; without either, AgptError when required, else None."""
+    if given:
+        return Path(given)
+    if ckpt_dir:
+        return Path(ckpt_dir) / rel
+    if required:
+        raise AgptError(f"no {what} given: pass --ckpt-dir DIR or --{what} PATH")
+    return None
+
+
 @dataclass
 class CheckpointPaths:
     imagebind: Path
@@ -24,22 +35,11 @@ class CheckpointPaths:
     @classmethod
     def resolve(cls, ckpt_dir: str | Path | None = None, imagebind=None, pandagpt=None, anomalygpt=None, vicuna=None) -> "CheckpointPaths":
         """Explicit paths win; the rest come from the --ckpt-dir convention (export/checkpoints.py)."""
-        base = Path(ckpt_dir) if ckpt_dir else None
-
-        def pick(given, rel: Path, what: str, required: bool = True):
-            if given:
-                return Path(given)
-            if base is not None:
-                return base / rel
-            if required:
-                raise AgptError(f"no {what} given: pass --ckpt-dir DIR or --{what} PATH")
-            return None
-
         return cls(
-            pick(imagebind, ck.IMAGEBIND, "imagebind"),
-            pick(pandagpt, ck.PANDAGPT, "pandagpt"),
-            pick(anomalygpt, ck.ANOMALYGPT, "anomalygpt"),
-            pick(vicuna, ck.VICUNA, "vicuna", required=False),
+            checkpoint_path(imagebind, ckpt_dir, ck.IMAGEBIND, "imagebind"),
+            checkpoint_path(pandagpt, ckpt_dir, ck.PANDAGPT, "pandagpt"),
+            checkpoint_path(anomalygpt, ckpt_dir, ck.ANOMALYGPT, "anomalygpt"),
+            checkpoint_path(vicuna, ckpt_dir, ck.VICUNA, "vicuna", required=False),
         )
 
 

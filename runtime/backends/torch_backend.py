@@ -275,10 +275,10 @@ class TorchPrefill:
         """The merged Vicuna + PandaGPT LoRA (fp32 on the CPU while merging: ~27 GB of RAM for 7B)."""
         from export.checkpoints import PANDAGPT, VICUNA, load_pandagpt
         from export.llm_export import build_reference_llm, make_layout
+        from export.vision_modules import checkpoint_path
 
-        base = Path(ckpt_dir) if ckpt_dir else None
-        vicuna = Path(vicuna) if vicuna else base / VICUNA
-        pandagpt = Path(pandagpt) if pandagpt else base / PANDAGPT
+        vicuna = checkpoint_path(vicuna, ckpt_dir, VICUNA, "vicuna")
+        pandagpt = checkpoint_path(pandagpt, ckpt_dir, PANDAGPT, "pandagpt")
         model, sp = build_reference_llm(vicuna, load_pandagpt(pandagpt), merged=True)
         return cls(model, make_layout(sp), lambda text: list(sp.encode(text)), **kw)
 
