@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-from runtime.bank import PackSpec, ProductStore, build_pack  # noqa: E402
+from runtime.bank import ProductStore, build_pack  # noqa: E402
 from runtime.config import parse_config  # noqa: E402
 from runtime.control import request  # noqa: E402
 from runtime.daemon import Daemon  # noqa: E402
@@ -34,7 +34,7 @@ def compare(bundle: Path, data: Path, category: str, shots: int, max_images: int
     draw = ev["draw_results"][0]
     root = category_root(data, category)
     pack = build_pack(insp, category, "", [root / s for s in draw["shots"]])
-    ProductStore(bundle / "products", PackSpec.from_inspector(insp), dict(insp.manifest_products)).save(pack, replace=True)
+    ProductStore(bundle / "products", insp.pack_spec, dict(insp.manifest_products)).save(pack, replace=True)
     frames = draw["frames"]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "frames"

@@ -103,13 +103,6 @@ class PackSpec:
             text_dim = spec.shape[-1] if spec is not None and isinstance(spec.shape[-1], int) else m.encoder.embed_dim
         return cls(bundle.encoder_sha256, tuple(t.width for t in m.encoder.taps), text_dim, "decoder" not in m.components)
 
-    @classmethod
-    def from_inspector(cls, insp) -> PackSpec:
-        if isinstance(getattr(insp, "pack_spec", None), PackSpec):
-            return insp.pack_spec
-        widths = tuple(int(t) if isinstance(t, (int, np.integer)) else int(t["width"] if isinstance(t, dict) else t.width) for t in insp.taps_spec)
-        return cls(insp.encoder_sha256, widths, getattr(insp, "text_dim", None), bool(getattr(insp, "needs_bank", False)))
-
 
 def validate_pack(pack: ProductPack, spec: PackSpec, where: str) -> ProductPack:
     enc = pack.meta.get("encoder_sha256")

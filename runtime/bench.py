@@ -178,10 +178,10 @@ def open_inspector(bundle: Path, max_batch: int, threads: int | None, llm_thread
 
 
 def product_pack(insp, product: str | None, shots: list[Path]):
-    from .bank import PackSpec, ProductStore, build_pack
+    from .bank import ProductStore, build_pack
     from .prompt import FALLBACK_PRODUCT
 
-    store = ProductStore(insp.bundle.root / "products", PackSpec.from_inspector(insp), insp.manifest_products)
+    store = ProductStore(insp.bundle.root / "products", insp.pack_spec, insp.manifest_products)
     names = store.names()
     if product is None:
         product = next((n for n in names if n != FALLBACK_PRODUCT), names[0] if names else None)

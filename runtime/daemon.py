@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from .bank import PackSpec, ProductPack, ProductStore, build_pack, read_image
+from .bank import ProductPack, ProductStore, build_pack, read_image
 from .camera import Camera, Frame, Source
 from .config import CameraConfig, DaemonConfig, check_security, load_config
 from .control import ControlServer, start_authenticator
@@ -263,7 +263,7 @@ class Daemon:
             set_blas_threads(cfg.backend.blas_threads)
         if self.inspector is None:
             self.inspector = self.open_inspector()
-        self.store = ProductStore(cfg.bundle / "products", PackSpec.from_inspector(self.inspector), self._manifest_products())
+        self.store = ProductStore(cfg.bundle / "products", self.inspector.pack_spec, self._manifest_products())
         for lane in self.lanes:
             lane.pack = self._initial_pack(lane)
         self._ctx = self._ctx or zmq.Context()

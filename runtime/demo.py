@@ -39,10 +39,10 @@ def ensure_bundle(cfg: DaemonConfig, progress=print) -> None:
 def ensure_product(cfg: DaemonConfig, inspector, progress=print) -> None:
     """A pack for the config's product, from the synthetic line's own normal parts (never its defects).
     `inspector`: the daemon's own, so the models are loaded once."""
-    from .bank import PackSpec, ProductStore, build_pack
+    from .bank import ProductStore, build_pack
     from .camera import make_source
 
-    store = ProductStore(cfg.bundle / "products", PackSpec.from_inspector(inspector), dict(inspector.manifest_products))
+    store = ProductStore(cfg.bundle / "products", inspector.pack_spec, dict(inspector.manifest_products))
     if store.pack_path(cfg.product).is_file():  # not store.exists: a product named only in bundle.json has no pack
         return
     cam = cfg.camera_list[0]  # with `cameras:`, the first camera's line makes the shots

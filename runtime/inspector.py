@@ -68,7 +68,6 @@ class Inspector:
         m = bundle.manifest
         self.bundle, self.verdict_mode, self.max_new_tokens = bundle, verdict_mode, max_new_tokens
         self.preprocess = m.preprocess
-        self.taps_spec = m.encoder.taps
         self.grids = [tuple(t.grid) for t in m.encoder.taps]
         self.encoder_sha256 = bundle.encoder_sha256
         self.pack_spec = PackSpec.from_bundle(bundle)

@@ -39,8 +39,7 @@ class FakeInspector:
     """Same interface as runtime.inspector.Inspector; the 'model' is the frame's mean brightness."""
 
     encoder_sha256 = ENCODER_SHA
-    taps_spec = [TAP_W] * N_TAPS
-    text_dim = TEXT_DIM
+    pack_spec = PackSpec(ENCODER_SHA, (TAP_W,) * N_TAPS, TEXT_DIM)
     manifest_products: dict = {}
 
     def __init__(self, delay: float = 0.0, fail_frames: set[int] | None = None, max_batch: int = 8):
@@ -183,7 +182,7 @@ class ScriptedSource:
 def make_bundle(root: Path, insp: FakeInspector | None = None) -> Path:
     """A bundle folder holding only products/: 'widget' (shots) and 'gadget' (shots, other images)."""
     insp = insp or FakeInspector()
-    store = ProductStore(root / "products", PackSpec.from_inspector(insp))
+    store = ProductStore(root / "products", insp.pack_spec)
     rng = np.random.default_rng(0)
     for name, lo in (("widget", 0), ("gadget", 128)):
         shots = [rng.integers(lo, lo + 120, (32, 32, 3), dtype=np.uint8) for _ in range(2)]

@@ -562,9 +562,9 @@ def test_sigterm_finishes_the_frame_and_publishes_a_final_status(bundle, tmp_pat
     active = bundle / "products" / ".active.json"
     if active.exists():  # the swap either committed completely or not at all
         assert json.loads(active.read_text())["product"] in ("widget", "gadget")
-    from runtime.bank import PackSpec, ProductStore
+    from runtime.bank import ProductStore
 
-    store = ProductStore(bundle / "products", PackSpec.from_inspector(FakeInspector()))
+    store = ProductStore(bundle / "products", FakeInspector().pack_spec)
     assert store.load("widget") and store.load("gadget")
 
 
@@ -633,7 +633,7 @@ def _soak_setup(fake_bundle: Path, tmp_path: Path):
         pytest.fail(f"AGPT_SOAK_BUNDLE={kind!r}: only 'tiny' is known")
     from export.bundle_writer import export_bundle
     from export.tiny import make_tiny
-    from runtime.bank import PackSpec, ProductStore, build_pack
+    from runtime.bank import ProductStore, build_pack
     from runtime.blas import set_blas_threads
     from runtime.config import BackendConfig
     from runtime.inspector import Inspector
@@ -643,7 +643,7 @@ def _soak_setup(fake_bundle: Path, tmp_path: Path):
     bundle = export_bundle(ckpt, tmp_path / "tiny", products={"object": ""}, quant="Q8_0", progress=quiet)
     set_blas_threads(1)
     insp = Inspector.from_config(bundle, BackendConfig(intra_op_threads=1, llm_threads=1), "first_token")
-    store = ProductStore(bundle / "products", PackSpec.from_inspector(insp), insp.manifest_products)
+    store = ProductStore(bundle / "products", insp.pack_spec, insp.manifest_products)
     rng = np.random.default_rng(0)
     for name, lo in (("widget", 20), ("gadget", 120)):
         shots = [rng.integers(lo, lo + 100, (240, 320, 3), dtype=np.uint8) for _ in range(2)]

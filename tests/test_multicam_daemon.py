@@ -31,7 +31,7 @@ from _daemon_fakes import (
     running,
 )
 
-from runtime.bank import PackSpec, ProductStore, build_pack
+from runtime.bank import ProductStore, build_pack
 from runtime.config import CameraConfig, load_config, parse_config
 from runtime.control import request
 from runtime.daemon import Daemon
@@ -47,7 +47,7 @@ def bundle(tmp_path) -> Path:
     root = make_bundle(tmp_path / "bundle")
     insp = FakeInspector()
     shots = [np.random.default_rng(5).integers(60, 90, (32, 32, 3), dtype=np.uint8)]
-    ProductStore(root / "products", PackSpec.from_inspector(insp)).save(build_pack(insp, "bolt", "a bolt", shots))
+    ProductStore(root / "products", insp.pack_spec).save(build_pack(insp, "bolt", "a bolt", shots))
     return root
 
 
@@ -59,7 +59,7 @@ def by_camera(results) -> dict[str, list]:
 
 
 def banks(bundle: Path) -> dict[str, str]:
-    store = ProductStore(bundle / "products", PackSpec.from_inspector(FakeInspector()))
+    store = ProductStore(bundle / "products", FakeInspector().pack_spec)
     return {n: store.load(n).bank_id for n in ("widget", "gadget", "bolt")}
 
 
