@@ -31,7 +31,7 @@ import numpy as np
 
 from .config import PRODUCT_RE
 from .errors import AgptError
-from .preprocess import decode_image, list_images
+from .preprocess import decode_image, list_images, read_image_bytes
 
 PACK_SCHEMA = 1
 PACK_FILE = "pack.npz"
@@ -177,7 +177,7 @@ def read_pack(path: Path, spec: PackSpec | None = None, name: str | None = None)
     where = str(path)
     try:
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: np.array(z[k]) for k in z.files}  # forces every member to be read and CRC-checked
+            arrays = {k: z[k] for k in z.files}  # each member read in full here, so its CRC is checked
     except FileNotFoundError:
         raise AgptError(f"{where}: no such pack") from None
     except Exception as e:  # truncated zip, bad CRC, object arrays, not a zip at all ...
@@ -218,16 +218,8 @@ def read_pack(path: Path, spec: PackSpec | None = None, name: str | None = None)
 
 def read_image(path: str | Path, max_bytes: int = MAX_SHOT_BYTES) -> tuple[np.ndarray, str]:
     """A shot image as BGR uint8 and the sha256 of its file, or AgptError naming it."""
-    path = Path(path)
-    try:
-        if not path.is_file():
-            raise AgptError(f"{path}: no such image file")
-        if path.stat().st_size > max_bytes:
-            raise AgptError(f"{path}: larger than {max_bytes >> 20} MiB")
-        data = path.read_bytes()
-    except OSError as e:
-        raise AgptError(f"{path}: cannot read ({e.strerror or e})") from None
-    return decode_image(data, path), hashlib.sha256(data).hexdigest()
+    data = read_image_bytes(path, max_bytes)
+    return decode_image(data, Path(path)), hashlib.sha256(data).hexdigest()
 
 
 def build_pack(

@@ -144,13 +144,20 @@ def decode_image(data: bytes, name: object = "image") -> np.ndarray:
     return np.ascontiguousarray(rgb[:, :, ::-1])
 
 
-def load_image(path) -> np.ndarray:
-    """An image file as a BGR uint8 array (what cameras give), or AgptError naming the file."""
+def read_image_bytes(path: str | Path, max_bytes: int | None = None) -> bytes:
+    """An image file's bytes, or AgptError naming it (missing, not a regular file, unreadable, larger than
+    max_bytes). Only regular files: a request naming /dev/zero must not read forever."""
     p = Path(path)
     try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise AgptError(f"{p}: no such image file") from None
+        if not p.is_file():
+            raise AgptError(f"{p}: no such image file")
+        if max_bytes is not None and p.stat().st_size > max_bytes:
+            raise AgptError(f"{p}: larger than {max_bytes >> 20} MiB")
+        return p.read_bytes()
     except OSError as e:
         raise AgptError(f"{p}: cannot read ({e.strerror or e})") from None
-    return decode_image(data, p)
+
+
+def load_image(path) -> np.ndarray:
+    """An image file as a BGR uint8 array (what cameras give), or AgptError naming the file."""
+    return decode_image(read_image_bytes(path), path)
