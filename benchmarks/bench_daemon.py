@@ -231,7 +231,7 @@ def main() -> int:
         )  # fmt: skip
 
     # -- phase 1: throughput --
-    d = Daemon(config(when_full="wait", queue_size=4), inspector, NoiseSource(shape, n=args.frames + 20))
+    d = Daemon(config(when_full="wait"), inspector, NoiseSource(shape, n=args.frames + 20))
     d.start()
     while d.judged < 20:  # warm-up
         time.sleep(0.01)
@@ -243,7 +243,7 @@ def main() -> int:
     # -- phase 2: latency at 80 % load, with swaps --
     rate = 0.8 * fps
     n2 = max(args.frames, 50)
-    d = Daemon(config(when_full="drop_oldest", queue_size=2), inspector, NoiseSource(shape, fps=rate, n=n2))
+    d = Daemon(config(when_full="drop_oldest"), inspector, NoiseSource(shape, fps=rate, n=n2))
     d.start()
     sub = ResultSubscriber(d.publish_endpoint, [d.cfg.topic_prefix + ".result"], rcvhwm=100000)
     time.sleep(0.3)  # the subscription reaches the daemon; results of frames captured until now waited in our queue

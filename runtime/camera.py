@@ -252,15 +252,15 @@ class Camera:
 
     def __init__(self, cfg: CameraConfig, source: Source | None = None, on_event: EventFn | None = None, queue=None,
                  prepare: Callable[[np.ndarray], Any] | None = None):
-        """queue: where frames go (default a FrameQueue of cfg.queue_size); several cameras in one daemon put
-        into their slot of runtime.multicam.CameraSlots instead (a SlotQueue: same put/close/dropped).
+        """queue: where frames go; the daemon gives each camera its slot of runtime.multicam.CameraSlots (a
+        SlotQueue), a Camera used on its own puts into a FrameQueue of two frames.
         prepare: the frame's preprocessing, done here so it overlaps the models running on the inspection
         loop; its result (or the exception) rides on Frame.prepared."""
         self.cfg = cfg
         self.prepare = prepare
         self.name = cfg.name
         self.source = source if source is not None else make_source(cfg)
-        self.queue = queue if queue is not None else FrameQueue(cfg.queue_size, cfg.when_full)
+        self.queue = queue if queue is not None else FrameQueue(2, cfg.when_full)
         self.on_event = on_event or (lambda kind, detail: None)
         self.state = "opening"  # opening | open | lost | ended | stopped
         self.frame_id = 0

@@ -46,10 +46,10 @@ class CameraConfig(_Strict):
         "frames that are then dropped: cap it here on a small host",
     )  # fmt: skip
     loop: bool = Field(False, description="file/folder/synthetic: start again at the end instead of ending the stream")
-    queue_size: int = Field(2, ge=1, le=64, description="frames held between capture and inspection")
     when_full: Literal["drop_oldest", "wait"] = Field(
         "drop_oldest",
-        description="drop_oldest: keep the newest frame and count a drop (live cameras); wait: the capture thread waits "
+        description="the daemon holds one waiting frame per camera. drop_oldest: a newer frame replaces it and a drop is "
+        "counted (live cameras); wait: the capture thread waits "
         "for room, so every frame of a file/folder/synthetic source is judged (never for live cameras)",
     )
     reopen_backoff_s: float = Field(0.5, gt=0, description="first wait before reopening a lost camera")
@@ -140,9 +140,7 @@ class DaemonConfig(_Strict):
         max_length=16,
         description="several cameras in one daemon, instead of `camera`: one capture thread each; the frames that are "
         "ready are judged together in one batch (at most one per camera); every camera keeps its own frame ids, "
-        "product and pack (its `product`, default the top-level one). Names must be unique. Each camera holds one "
-        "waiting frame (queue_size is not used): a live camera's newest frame replaces it (drops.queue), a "
-        "`when_full: wait` source waits for it to be taken",
+        "product and pack (its `product`, default the top-level one). Names must be unique",
     )
     max_batch: int | None = Field(
         None, ge=1, le=16,

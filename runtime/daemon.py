@@ -1,8 +1,9 @@
 """`agpt run --config FILE`: the on-line inspection daemon.
 
 Threads and who owns what:
-  capture    Camera: source -> preprocessing (inspector.prepare) -> FrameQueue (newest kept, drops counted)
-  loop       owns the inspector and the current pack: frame -> inspector.judge(prepared, pack) -> publisher;
+  capture    one per camera: source -> preprocessing (inspector.prepare) -> the camera's slot of
+             runtime.multicam.CameraSlots (one waiting frame; a live camera's newer frame replaces it, counted)
+  loop       owns the inspector and the packs: ready frames -> inspector.judge / judge_batch -> publisher;
              between two frames it runs queued tasks (apply a swapped pack, build a bank, answer 'ask')
   publisher  owns the XPUB socket: results, events, status heartbeat
   control    owns the ROUTER socket: parses requests, answers fast ones itself, hands slow ones on
@@ -14,13 +15,11 @@ The preprocessing runs on the capture thread so that it overlaps the models on t
 tiny bundle: one camera goes from ~67 to ~95 frames/s); a live camera faster than inspection then also
 preprocesses the frames that are dropped, which `fps_limit` bounds.
 
-Several cameras (`cameras:` in the config): one capture thread per camera puts (frame, preprocessed
-frame) into its slot of runtime.multicam.CameraSlots;
-the loop takes the ready frames, at most one per camera (round robin past max_batch), and judges them
-in one inspector.judge_batch call, each with its own camera's pack. A batch that fails is judged again
-frame by frame, so one bad frame fails only its own camera's result. Each camera (a Lane) keeps its
-own frame ids, product, pack and counters; a swap lands between two batches. One camera keeps the
-one-frame loop above unchanged.
+Several cameras (`cameras:` in the config) run through the same loop: it takes the ready frames, at most
+one per camera (round robin past max_batch), and judges them in one inspector.judge_batch call, each
+with its own camera's pack. A batch that fails is judged again frame by frame, so one bad frame fails
+only its own camera's result. Each camera (a Lane) keeps its own frame ids, product, pack and counters;
+a swap lands between two batches.
 """
 
 from __future__ import annotations
@@ -282,14 +281,11 @@ class Daemon:
             raise AgptError(f"cannot bind {cfg.publish if self.publisher is None else cfg.control}: {e}") from None
         # each camera's thread preprocesses its frames: that work overlaps the models on the inspection loop
         prepare = getattr(self.inspector, "prepare", None)
-        if self.multi:
-            self.slots = CameraSlots(len(self.lanes))
-            self.max_batch = max(1, min(self._batch_limit(), int(getattr(self.inspector, "max_batch", len(self.lanes)))))
-            for lane, src in zip(self.lanes, self._sources):
-                sink = SlotQueue(self.slots, lane.index, lane.cfg.when_full)
-                lane.camera = Camera(lane.cfg, src, on_event=self._camera_event, queue=sink, prepare=prepare)
-        else:
-            self.lanes[0].camera = Camera(self.lanes[0].cfg, self._sources[0], on_event=self._camera_event, prepare=prepare)
+        self.slots = CameraSlots(len(self.lanes))
+        self.max_batch = max(1, min(self._batch_limit(), int(getattr(self.inspector, "max_batch", len(self.lanes)))))
+        for lane, src in zip(self.lanes, self._sources):
+            sink = SlotQueue(self.slots, lane.index, lane.cfg.when_full)
+            lane.camera = Camera(lane.cfg, src, on_event=self._camera_event, queue=sink, prepare=prepare)
         self._started = time.monotonic()
         self.publisher.start()
         self.control.start()
@@ -417,10 +413,7 @@ class Daemon:
 
     def _loop(self) -> None:
         try:
-            if self.multi:
-                self._loop_cameras()
-            else:
-                self._loop_one(self.lanes[0])
+            self._loop_frames()
         except BaseException:
             log.exception("inspection loop crashed")
             self.request_stop("loop_error")
@@ -436,61 +429,44 @@ class Daemon:
                     fut.set_exception(AgptError("daemon stopping"))
             self._done.set()
 
-    def _loop_one(self, lane: Lane) -> None:
-        """One camera: one frame at a time, straight from its queue."""
-        q = lane.camera.queue
-        wait_source = lane.cfg.when_full == "wait"
-        held: Frame | None = None  # a wait source's frame taken just as a pause arrived: judged after the resume
-        while not self._stop.is_set():
-            self._loop_ticks += 1
-            self._run_tasks()
-            if self.paused.is_set() and wait_source:
-                self._stop.wait(0.05)  # a file/folder/synthetic stream waits for resume: no frame is skipped
-                continue
-            frame, held = (held, None) if held is not None else (q.get(timeout=0.1), None)
-            if frame is None:
-                if q.closed and len(q) == 0 and lane.camera.state == "ended":
-                    self.request_stop("camera_end")
-                continue
-            if self.paused.is_set():
-                if wait_source:
-                    held = frame
-                    continue
-                lane.last_frame_id = frame.frame_id
-                lane.paused_drops += 1
-                continue
-            lane.last_frame_id = frame.frame_id
-            self._inspect(lane, frame)
-            if self.cfg.frames is not None and self.judged >= self.cfg.frames:
-                self.request_stop("frames")
-
     def _all_ended(self) -> bool:
         return all(l.camera.state == "ended" and not self.slots.full(l.index) for l in self.lanes)
 
-    def _loop_cameras(self) -> None:
-        """Several cameras: every round takes the ready frames (one per camera) and judges them as one batch."""
+    def _paused_drop(self, cam: int, frame: Frame) -> None:
+        lane = self.lanes[cam]
+        lane.last_frame_id = frame.frame_id
+        lane.paused_drops += 1
+
+    def _loop_frames(self) -> None:
+        """Every round takes the ready frames, at most one per camera, and judges them: one camera's alone,
+        several cameras' as one batch. While paused, wait sources keep their frame for the resume and live
+        cameras' frames are counted as paused drops, also for frames a take() returned as the pause came."""
         slots = self.slots
-        live = [l.index for l in self.lanes if l.cfg.when_full != "wait"]
+        live = {l.index for l in self.lanes if l.cfg.when_full != "wait"}
+        held: list[tuple[int, Frame]] = []  # wait sources' frames taken just as a pause came: judged after the resume
         while not self._stop.is_set():
             self._loop_ticks += 1
             self._run_tasks()
             if self.paused.is_set():
-                # wait sources keep their frame for the resume; live cameras' frames are counted as paused drops
                 if not live:
                     self._stop.wait(0.05)
-                    continue
-                for cam, frame in slots.take(None, timeout=0.1, only=live):
-                    lane = self.lanes[cam]
-                    lane.last_frame_id = frame.frame_id
-                    lane.paused_drops += 1
+                for cam, frame in slots.take(None, timeout=0.1, only=live) if live else []:
+                    self._paused_drop(cam, frame)
                 continue
             limit = self.max_batch
             if self.cfg.frames is not None:  # --frames N judges N frames, not N rounded up to a whole batch
                 limit = min(limit, max(self.cfg.frames - self.judged, 1))
-            ready = slots.take(limit, timeout=0.1)
+            ready, held = (held, []) if held else (slots.take(limit, timeout=0.1), [])
             if not ready:
                 if self._all_ended():
                     self.request_stop("camera_end")
+                continue
+            if self.paused.is_set():
+                for cam, frame in ready:
+                    if cam in live:
+                        self._paused_drop(cam, frame)
+                    else:
+                        held.append((cam, frame))
                 continue
             self._inspect_batch(ready)
             if self.cfg.frames is not None and self.judged >= self.cfg.frames:

@@ -193,7 +193,7 @@ def make_bundle(root: Path, insp: FakeInspector | None = None) -> Path:
 def daemon_config(bundle: Path, **kw) -> DaemonConfig:
     camera = kw.pop("camera", None)
     if camera is None and kw.get("cameras") is None:
-        camera = CameraConfig(kind="synthetic", source="test", when_full="wait", queue_size=4)
+        camera = CameraConfig(kind="synthetic", source="test", when_full="wait")
     base = dict(
         bundle=bundle, product="widget", camera=camera, publish="tcp://127.0.0.1:*", control="tcp://127.0.0.1:*",
         topic_prefix="line1.station3", heartbeat_s=0.2, log_level="WARNING",

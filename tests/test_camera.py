@@ -19,7 +19,7 @@ from runtime.config import CameraConfig
 
 
 def _cfg(**kw) -> CameraConfig:
-    base = dict(kind="synthetic", source="test", reopen_backoff_s=0.01, reopen_backoff_max_s=0.05, queue_size=4, when_full="wait")
+    base = dict(kind="synthetic", source="test", reopen_backoff_s=0.01, reopen_backoff_max_s=0.05, when_full="wait")
     base.update(kw)
     return CameraConfig(**base)
 
@@ -149,7 +149,7 @@ def test_source_that_raises_in_open_forever_never_crashes():
 
 
 def test_drop_oldest_counts_every_lost_frame():
-    cam = Camera(_cfg(when_full="drop_oldest", queue_size=1), CountingSource(n=200))
+    cam = Camera(_cfg(when_full="drop_oldest"), CountingSource(n=200), queue=FrameQueue(1, "drop_oldest"))
     cam.start()
     got = []
     while True:

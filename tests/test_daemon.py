@@ -78,7 +78,7 @@ def test_subscriber_receives_every_judged_frame(bundle):
 
 def test_drop_oldest_every_frame_accounted_for(bundle):
     """Inspection slower than the camera: frames are dropped, and every one is counted."""
-    cam = CameraConfig(kind="synthetic", source="t", when_full="drop_oldest", queue_size=2)
+    cam = CameraConfig(kind="synthetic", source="t", when_full="drop_oldest")
     d, bag = run_to_end(daemon_config(bundle, camera=cam, sndhwm=1000), FakeInspector(delay=0.003), source=CountingSource(n=300))
     sub = bag["subscriber"]
     final = next(s for s in bag["statuses"] if s.final)

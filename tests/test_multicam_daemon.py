@@ -111,7 +111,7 @@ def test_one_camera_list_is_the_one_camera_daemon(bundle):
     d, bag = run_to_end(cfg, insp, sources={"solo": CountingSource(n=15)})
     assert [m.header.frame_id for m in bag["results"]] == list(range(1, 16))
     assert {m.header.product for m in bag["results"]} == {"gadget"} and insp.batch_sizes == []
-    assert not d.multi and d.slots is None
+    assert not d.multi and d.max_batch == 1  # one camera: one frame at a time, through the same loop
 
 
 # ---- changeovers ----------------------------------------------------------------------------------------
@@ -313,6 +313,23 @@ def test_frames_limit_is_exact_with_batches(bundle):
     finally:
         d.shutdown()
     assert d.stop_reason == "frames" and d.judged == 4 and insp.batch_sizes[0] == 3
+
+
+def test_pause_while_the_loop_waits_for_frames(bundle):
+    """A pause that lands while the loop is already waiting for frames: what that wait returns is held, not
+    judged, until the resume; nothing is lost or judged twice."""
+    cfg = multi_config(bundle, [{"name": "a"}, {"name": "b"}], sndhwm=1000)
+    gate = threading.Event()
+    sources = {k: CountingSource(n=5, gate=gate) for k in "ab"}
+    with running(cfg, FakeInspector(), sources=sources) as d:
+        time.sleep(0.2)  # the loop is waiting in take(): no camera has a frame yet
+        assert ctl(d, {"cmd": "pause"})["ok"]
+        gate.set()  # frames arrive while that take() may still be waiting
+        time.sleep(0.4)
+        assert d.judged == 0
+        assert ctl(d, {"cmd": "resume"})["ok"]
+        assert d.wait(10)
+    assert d.judged == 10 and sorted((c.camera, c.frame_id) for c in d._contexts) == [(k, i) for k in "ab" for i in range(1, 6)]
 
 
 def test_pause_holds_wait_cameras_and_counts_live_ones(bundle):
