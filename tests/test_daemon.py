@@ -531,12 +531,17 @@ sys.exit(d.run())
 """
 
 
+def _daemon_process(bundle: Path, tmp_path: Path, delay: float, output=subprocess.PIPE) -> tuple[subprocess.Popen, str, str]:
+    """SIGTERM_SCRIPT in its own process: (process, publish endpoint, control endpoint)."""
+    pub, ctl_ep = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/ctl"
+    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), bundle=str(bundle), pub=pub, ctl=ctl_ep, delay=delay)
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    return subprocess.Popen([sys.executable, "-c", script], env=env, stdout=output, stderr=output), pub, ctl_ep
+
+
 @pytest.mark.parametrize("during", ["frame", "swap"])
 def test_sigterm_finishes_the_frame_and_publishes_a_final_status(bundle, tmp_path, during):
-    pub, ctl_ep = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/ctl"
-    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), bundle=str(bundle), pub=pub, ctl=ctl_ep, delay=0.05)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc, pub, ctl_ep = _daemon_process(bundle, tmp_path, 0.05)
     try:
         with ResultSubscriber(pub, TOPICS) as sub:
             collect(sub, lambda b: len(b["results"]) >= 3, timeout=30)  # includes interpreter start-up
@@ -594,10 +599,7 @@ def test_frames_limit_and_the_run_cli(bundle, tmp_path, monkeypatch, capsys):
 
 
 def test_sigkill_after_a_swap_restart_resumes_consistently(bundle, tmp_path):
-    pub, ctl_ep = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/ctl"
-    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), bundle=str(bundle), pub=pub, ctl=ctl_ep, delay=0.0)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
-    proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc, pub, ctl_ep = _daemon_process(bundle, tmp_path, 0.0, subprocess.DEVNULL)
     try:
         with ResultSubscriber(pub, TOPICS) as sub:
             collect(sub, lambda b: len(b["results"]) >= 3, timeout=30)
