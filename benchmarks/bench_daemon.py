@@ -10,7 +10,7 @@ during phase 2: load (off the loop), wait for the frame boundary, and the contro
 There is no reference daemon to compare with; the per-stage model latencies are in `agpt bench`.
 
 --cameras 1,2,4: camera scaling through the daemon instead (as `agpt run` runs it: the daemon opens the
-bundle's Inspector itself, with max_batch = cameras). One camera: the `camera:` config (the one-frame loop);
+bundle's Inspector itself, with max_batch = cameras). One camera: the `camera:` config;
 N cameras: a `cameras:` list (capture threads preprocess, CameraSlots, one judge_batch per round). Every
 camera is an endless noise source with `when_full: wait`, so the figure is the daemon's capacity. After
 --warmup frames per camera, --frames frames per camera are timed from the results a subscriber receives:

@@ -314,8 +314,8 @@ class Daemon:
 
     def _wake(self) -> None:
         """Let the loop's wait for a frame return now (a task is queued, or a stop)."""
-        if self.camera is not None:  # a FrameQueue, or a SlotQueue that wakes the shared CameraSlots
-            self.camera.queue.wake()
+        if self.slots is not None:
+            self.slots.wake()
 
     def request_stop(self, reason: str = "requested") -> None:
         if self.stop_reason is None:

@@ -123,9 +123,6 @@ class SlotQueue:
             if self.closed or self.slots.closed or (stop is not None and stop.is_set()):
                 return False
 
-    def wake(self) -> None:
-        self.slots.wake()
-
     def close(self) -> None:
         self.closed = True
 
