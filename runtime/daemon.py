@@ -71,6 +71,9 @@ from . import watchdog
 
 log = logging.getLogger("agpt.daemon")
 
+# stops that are not failures: asked for (signal, control, shutdown()), the frame limit, a finite source's end
+CLEAN_STOPS = ("requested", "shutdown", "SIGTERM", "SIGINT", "frames", "camera_end")
+
 
 @dataclass
 class FrameContext:
@@ -183,6 +186,7 @@ class Daemon:
         self._started = 0.0
         self._loop_ticks = 0  # advanced by every loop iteration: the systemd watchdog's proof of life
         self._ticks_at_beat = -1
+        self._ready = False
         self.slots: CameraSlots | None = None
         self.max_batch = 1
         self.batch_retries = 0  # batches judged again frame by frame after judge_batch raised
@@ -302,6 +306,7 @@ class Daemon:
             log.info("inspecting %s as %s (bank %s)", lane.name, lane.pack.name, lane.pack.bank_id)
         log.info("results on %s, control on %s%s", self.publisher.endpoint, self.control.endpoint,
                  f"; {len(self.lanes)} cameras, batches of up to {self.max_batch}" if self.multi else "")  # fmt: skip
+        self._ready = True  # from now on the heartbeat feeds systemd's watchdog (never before READY)
         watchdog.notify(watchdog.READY)
 
     @property
@@ -383,7 +388,13 @@ class Daemon:
             self.shutdown()
             for sig, h in old.items():
                 signal.signal(sig, h)
-        return 0
+        return self.exit_code
+
+    @property
+    def exit_code(self) -> int:
+        """0 for a stop someone asked for or a run that is done; 1 otherwise (systemd's Restart=on-failure and
+        Docker's on-failure policy restart the station only when the exit says it failed)."""
+        return 0 if self.stop_reason in CLEAN_STOPS else 1
 
     # ---- the inspection loop ------------------------------------------------------------------------
 
@@ -485,14 +496,14 @@ class Daemon:
             publish=pub.drops if pub else 0,
         )
 
-    def _judge_failed(self, lane: Lane, frame: Frame, e: BaseException) -> None:
+    def _judge_failed(self, lane: Lane, frame: Frame, e: BaseException, stage: str = "judge") -> None:
         lane.failed += 1
         self.errors += 1
         if self.errors <= 3:  # a model failing on every frame must not flood the log
             log.error("judging frame %d of %s failed", frame.frame_id, lane.name, exc_info=e)
         elif self.errors % 100 == 0:
             log.warning("judging keeps failing (%d errors so far): %s: %s", self.errors, type(e).__name__, e)
-        detail = {"frame_id": frame.frame_id, "error": f"{type(e).__name__}: {str(e)[:300]}"}
+        detail = {"frame_id": frame.frame_id, "stage": stage, "error": f"{type(e).__name__}: {str(e)[:300]}"}
         if self.multi:
             detail["camera"] = lane.name
         self.publisher.publish_event("judge_error", detail)
@@ -510,7 +521,7 @@ class Daemon:
         except Exception as e:
             self._judge_failed(lane, frame, e)
             return
-        self._publish(lane, frame, pack, j, t0, time.monotonic())
+        self._publish_or_fail(lane, frame, pack, j, t0, time.monotonic())
 
     def _inspect_batch(self, ready: list[tuple[int, Frame]]) -> None:
         """Frames of several cameras: one judge_batch; if it raises, each frame again alone (only the bad one fails)."""
@@ -541,10 +552,17 @@ class Daemon:
         if js is not None:
             t1 = time.monotonic()
             for (lane, frame, pack), j in zip(todo, js):
-                self._publish(lane, frame, pack, j, t0, t1, len(todo))
+                self._publish_or_fail(lane, frame, pack, j, t0, t1, len(todo))
             return
         for lane, frame, pack in todo:
             self._inspect(lane, frame, pack)
+
+    def _publish_or_fail(self, lane: Lane, frame: Frame, pack: ProductPack, j: Any, t0: float, t1: float, batch: int = 1) -> None:
+        """A judgement the result header refuses (a malformed value) fails its own frame, never the loop."""
+        try:
+            self._publish(lane, frame, pack, j, t0, t1, batch)
+        except Exception as e:
+            self._judge_failed(lane, frame, e, stage="result")
 
     def _publish(self, lane: Lane, frame: Frame, pack: ProductPack, j: Any, t0: float, t1: float, batch: int = 1) -> None:
         png, size = encode_mask(getattr(j, "map", None))
@@ -643,7 +661,7 @@ class Daemon:
         """The publisher's once-a-second status; also pings systemd's watchdog while the loop makes progress
         (a loop stuck inside a frame stops the pings even though this thread still runs)."""
         st = self.status()
-        if self._loop_ticks != self._ticks_at_beat:
+        if self._ready and self._loop_ticks != self._ticks_at_beat:
             self._ticks_at_beat = self._loop_ticks
             watchdog.notify(watchdog.WATCHDOG)
             watchdog.notify(watchdog.status_line(f"{st.product}@{st.bank_id} fps {st.fps:.1f} judged {st.frames_judged}"))
