@@ -35,10 +35,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from runtime.config import BackendConfig, CameraConfig, DaemonConfig  # noqa: E402
-from runtime.control import request  # noqa: E402
-from runtime.daemon import Daemon  # noqa: E402
-from runtime.subscribe import ResultMessage, ResultSubscriber  # noqa: E402
+from runtime.line.config import BackendConfig, CameraConfig, DaemonConfig
+from runtime.line.control import request
+from runtime.line.daemon import Daemon
+from runtime.tools.subscribe import ResultMessage, ResultSubscriber
 
 
 class NoiseSource:
@@ -161,21 +161,40 @@ def camera_scaling(args, shape) -> int:
     base = next((r["fps_total"] for r in runs if r["cameras"] == 1), None)
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.machine())  # fmt: skip
-    print(f"daemon camera scaling (bundle {args.bundle}, product {args.product}, frames {shape[0]}x{shape[1]}, "
-          f"threads onnxruntime {args.threads} / llama.cpp {args.llm_threads} / BLAS {args.blas_threads}, max_batch {args.max_batch}; {cpu}, {os.cpu_count()} cores)")
-    print(f"{'cameras':<8}{'frames/s':>10}{'per cam':>9}{'vs 1 cam':>10}{'batch':>7}   {'per-camera frames':<22}"
-          f"{'capture->publish med/p99 ms':>28}{'queue med ms':>14}{'CPU ms/frame':>14}{'cores busy':>12}")
+    print(
+        f"daemon camera scaling (bundle {args.bundle}, product {args.product}, frames {shape[0]}x{shape[1]}, "
+        f"threads onnxruntime {args.threads} / llama.cpp {args.llm_threads} / BLAS {args.blas_threads}, max_batch {args.max_batch}; {cpu}, {os.cpu_count()} cores)"
+    )
+    print(
+        f"{'cameras':<8}{'frames/s':>10}{'per cam':>9}{'vs 1 cam':>10}{'batch':>7}   {'per-camera frames':<22}"
+        f"{'capture->publish med/p99 ms':>28}{'queue med ms':>14}{'CPU ms/frame':>14}{'cores busy':>12}"
+    )
     for r in runs:
         rel = f"{r['fps_total'] / base:9.2f}x" if base else f"{'-':>10}"
         c2p = r["capture_to_publish_ms"]
-        print(f"{r['cameras']:<8}{r['fps_total']:>10.1f}{r['fps_per_camera']:>9.1f}{rel}{r['mean_batch']:>7.2f}   "
-              f"{str(r['per_camera_frames']):<22}{c2p['median']:>16.1f} / {c2p['p99']:<9.1f}{r['queue_ms']['median']:>14.1f}"
-              f"{r['cpu_ms_per_frame']:>14.1f}{r['cores_busy']:>12.2f}")
+        print(
+            f"{r['cameras']:<8}{r['fps_total']:>10.1f}{r['fps_per_camera']:>9.1f}{rel}{r['mean_batch']:>7.2f}   "
+            f"{str(r['per_camera_frames']):<22}{c2p['median']:>16.1f} / {c2p['p99']:<9.1f}{r['queue_ms']['median']:>14.1f}"
+            f"{r['cpu_ms_per_frame']:>14.1f}{r['cores_busy']:>12.2f}"
+        )
     for r in runs:
-        print(f"  {r['cameras']} cam model stages (median ms, per batch): "
-              + ", ".join(f"{k} {v:.2f}" for k, v in r["model_stages_median_ms"].items()))
+        print(
+            f"  {r['cameras']} cam model stages (median ms, per batch): "
+            + ", ".join(f"{k} {v:.2f}" for k, v in r["model_stages_median_ms"].items())
+        )
     if args.json:
-        args.json.write_text(json.dumps({"runs": runs, "cpu": cpu, "cores": os.cpu_count(), "threads": {"onnxruntime": args.threads, "llama_cpp": args.llm_threads, "blas": args.blas_threads}, "max_batch": args.max_batch}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "runs": runs,
+                    "cpu": cpu,
+                    "cores": os.cpu_count(),
+                    "threads": {"onnxruntime": args.threads, "llama_cpp": args.llm_threads, "blas": args.blas_threads},
+                    "max_batch": args.max_batch,
+                },
+                indent=2,
+            )
+        )
     return 0
 
 
@@ -214,11 +233,12 @@ def main() -> int:
         backend = BackendConfig()
         label = "fake inspector"
     else:
-        from runtime.inspector import Inspector
+        from runtime.pipeline.inspector import Inspector
 
         providers = [p.strip() for p in args.providers.split(",") if p.strip()]
-        backend = BackendConfig(providers=providers, intra_op_threads=args.threads, llm_threads=args.llm_threads,
-                                blas_threads=args.blas_threads)
+        backend = BackendConfig(
+            providers=providers, intra_op_threads=args.threads, llm_threads=args.llm_threads, blas_threads=args.blas_threads
+        )
         inspector = Inspector.from_config(args.bundle, backend, "first_token")
         bundle, product, other = args.bundle, args.product, args.swap_to
         label = f"bundle {bundle}"
@@ -276,13 +296,19 @@ def main() -> int:
 
     print(f"daemon benchmark ({label}, frames {shape[0]}x{shape[1]}, {args.frames} frames)")
     print(f"  sustained throughput         {fps:8.1f} frames/s")
-    print(f"  at {rate:6.1f} frames/s offered:  capture->publish median {statistics.median(total):7.2f} ms  p99 {pct(total, 99):7.2f} ms")
-    print(f"                               capture->subscriber median {statistics.median(receipt):5.2f} ms  p99 {pct(receipt, 99):7.2f} ms")
+    print(
+        f"  at {rate:6.1f} frames/s offered:  capture->publish median {statistics.median(total):7.2f} ms  p99 {pct(total, 99):7.2f} ms"
+    )
+    print(
+        f"                               capture->subscriber median {statistics.median(receipt):5.2f} ms  p99 {pct(receipt, 99):7.2f} ms"
+    )
     print(f"  drops during latency phase   queue {drops.queue}, publish {drops.publish}")
     if swaps:
         load, wait, rt = zip(*swaps)
-        print(f"  swap ({len(swaps)}x): load+validate median {statistics.median(load):.2f} ms, frame-boundary wait median "
-              f"{statistics.median(wait):.2f} ms, control round trip median {statistics.median(rt):.2f} ms (max {max(rt):.2f})")
+        print(
+            f"  swap ({len(swaps)}x): load+validate median {statistics.median(load):.2f} ms, frame-boundary wait median "
+            f"{statistics.median(wait):.2f} ms, control round trip median {statistics.median(rt):.2f} ms (max {max(rt):.2f})"
+        )
     return 0
 
 

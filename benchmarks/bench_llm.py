@@ -27,14 +27,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from export.checkpoints import load_pandagpt  # noqa: E402
-from export.llm_export import build_reference_llm, export_llm, reference_greedy, reference_inputs_embeds, segment_ids  # noqa: E402
-from export.tiny_llm import write_tiny_pandagpt, write_tiny_vicuna  # noqa: E402
-from runtime.llm import LlmSession  # noqa: E402
-from runtime.prompt import product_question, question_text  # noqa: E402
+from export.checkpoints import load_pandagpt
+from export.llm_export import build_reference_llm, export_llm, reference_greedy, reference_inputs_embeds, segment_ids
+from export.tiny_llm import write_tiny_pandagpt, write_tiny_vicuna
+from runtime.pipeline.llm import LlmSession
+from runtime.pipeline.prompt import product_question, question_text
 
 QUESTION = product_question(
     "This is a photo of a cookie for anomaly detection, which should be round, without any crack, hole, burn or missing part."
@@ -65,7 +65,10 @@ def bench(name: str, root: Path, shape: dict, vocab: int | None, quant: str, n_f
     layout = info.layout.model_copy(update={"stop_token": never, "eos_token": never})
     d = cfg["hidden_size"]
     rng = np.random.default_rng(0)
-    frames = [(rng.standard_normal((1, d)).astype(np.float32), rng.standard_normal((18, d)).astype(np.float32)) for _ in range(n_frames + 1)]
+    frames = [
+        (rng.standard_normal((1, d)).astype(np.float32), rng.standard_normal((18, d)).astype(np.float32))
+        for _ in range(n_frames + 1)
+    ]
     q_ids = segment_ids(sp, question_text(QUESTION))
 
     @torch.no_grad()
@@ -73,19 +76,23 @@ def bench(name: str, root: Path, shape: dict, vocab: int | None, quant: str, n_f
         return reference_greedy(model, reference_inputs_embeds(model, layout, img, p, q_ids), layout, n_new)
 
     ref_ms, ref_tokens = _median_ms(reference, frames)
-    del model
+    model = None  # free the reference before llama.cpp loads (a del would leave the closure above unbound)
     with LlmSession(root / "out" / "llm.gguf", layout, n_ctx=512, n_threads=threads, n_embd=d) as s:
         ans_ms, ans = _median_ms(lambda img, p: s.answer(img, p, QUESTION, max_new_tokens=n_new), frames)
         ft_ms, _ = _median_ms(lambda img, p: s.first_token(img, p, QUESTION), frames)
     size = (root / "out" / "llm.gguf").stat().st_size / 1e6
-    print(f"\n{name}: {d} wide, {cfg['num_hidden_layers']} layers, vocab {cfg['vocab_size']}; prompt {layout.n_fixed + len(q_ids)} positions; "
-          f"GGUF {quant} {size:.1f} MB (export {t_export:.1f} s); {threads} threads")
+    print(
+        f"\n{name}: {d} wide, {cfg['num_hidden_layers']} layers, vocab {cfg['vocab_size']}; prompt {layout.n_fixed + len(q_ids)} positions; "
+        f"GGUF {quant} {size:.1f} MB (export {t_export:.1f} s); {threads} threads"
+    )
     print(f"  reference answer (transformers fp32, {len(ref_tokens)} tokens)  {ref_ms:9.1f} ms/frame   1.0x")
     print(f"  llama.cpp answer ({len(ans.tokens)} tokens)                   {ans_ms:9.1f} ms/frame  {ref_ms / ans_ms:5.1f}x")
     print(f"  llama.cpp first_token (verdict)               {ft_ms:9.1f} ms/frame  {ref_ms / ft_ms:5.1f}x")
     agree = next((i for i, (a, b) in enumerate(zip(ans.tokens, ref_tokens)) if a != b), min(len(ans.tokens), len(ref_tokens)))
-    print(f"  last frame: the first {agree} of {len(ref_tokens)} greedy tokens agree with the reference "
-          f"(random weights give near-tied logits; {quant} rounding flips some; the F32 GGUF matches exactly, see tests)")
+    print(
+        f"  last frame: the first {agree} of {len(ref_tokens)} greedy tokens agree with the reference "
+        f"(random weights give near-tied logits; {quant} rounding flips some; the F32 GGUF matches exactly, see tests)"
+    )
 
 
 def main() -> int:

@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from export.modeling.decoder import Decoder  # noqa: E402
-from export.modeling.imagebind_text import ImageBindText  # noqa: E402
-from export.modeling.imagebind_vision import ImageBindVision  # noqa: E402
-from export.modeling.prompt_learner import PromptLearner  # noqa: E402
+from export.modeling.decoder import Decoder
+from export.modeling.imagebind_text import ImageBindText
+from export.modeling.imagebind_vision import ImageBindVision
+from export.modeling.prompt_learner import PromptLearner
 
 REAL_VISION = dict(width=1280, depth=32, heads=16, mlp=5120, embed=1024)
 REAL_TEXT = dict(vocab=49408, context=77, width=1024, depth=24, heads=16, mlp=4096, embed=1024)
@@ -47,8 +47,10 @@ def param_counts() -> None:
         dec = Decoder([1280] * 4, 1024)
     head = n_params(v.head) + n_params(v.head_norm)
     print("parameter counts (real shapes):")
-    print(f"  vision tower      {n_params(v) / 1e6:9.2f} M  (of which head LayerNorm+Linear {head / 1e6:.2f} M; stem as Conv2d "
-          f"{v.stem.weight.numel() / 1e6:.2f} M, the checkpoint's Conv3d holds 2x)")
+    print(
+        f"  vision tower      {n_params(v) / 1e6:9.2f} M  (of which head LayerNorm+Linear {head / 1e6:.2f} M; stem as Conv2d "
+        f"{v.stem.weight.numel() / 1e6:.2f} M, the checkpoint's Conv3d holds 2x)"
+    )
     print(f"  vision, Conv3d    {(n_params(v) + v.stem.weight.numel()) / 1e6:9.2f} M  (as stored in imagebind_huge.pth)")
     print(f"  prompt learner    {n_params(pl) / 1e6:9.2f} M  (base prompts {pl.base_prompts.numel() / 1e6:.3f} M)")
     print(f"  decoder           {n_params(dec) / 1e6:9.4f} M  (4 x (1280*1024 + 1024) = {4 * (1280 * 1024 + 1024) / 1e6:.4f} M)")
@@ -94,17 +96,19 @@ def bench(label: str, cfg: dict, threads: int, runs: int, batch: int) -> tuple[f
         g = export_encoder(model, Path(tmp) / "encoder.onnx", progress=lambda *_: None)
         export_s = time.perf_counter() - t0
         size = sum(p.stat().st_size for p in Path(tmp).iterdir())
-        del model
+        model = None  # free the eager weights before ONNX Runtime loads its copy
         gc.collect()
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
         sess = ort.InferenceSession(str(g.path), so, providers=["CPUExecutionProvider"])
         onnx_ms = median_ms(lambda: sess.run(["emb"], {"image": x}), runs) / batch
         diff = float(np.abs(sess.run(["emb"], {"image": x})[0] - ref).max())
-        del sess
+        sess = None
     ext = "external data" if size > EXTERNAL_DATA_BYTES else "inline"
-    print(f"  {label:<22} batch {batch}: eager {eager:9.1f} ms/img | onnxruntime {onnx_ms:9.1f} ms/img | eager/ort {eager / onnx_ms:5.2f}x"
-          f" | emb max abs diff {diff:.1e} | graph {size / 1e9:.2f} GB ({ext}), export {export_s:.0f} s")
+    print(
+        f"  {label:<22} batch {batch}: eager {eager:9.1f} ms/img | onnxruntime {onnx_ms:9.1f} ms/img | eager/ort {eager / onnx_ms:5.2f}x"
+        f" | emb max abs diff {diff:.1e} | graph {size / 1e9:.2f} GB ({ext}), export {export_s:.0f} s"
+    )
     return eager, onnx_ms, diff
 
 

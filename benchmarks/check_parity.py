@@ -21,14 +21,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from export.bundle_writer import export_bundle  # noqa: E402
-from export.reference import Reference  # noqa: E402
-from export.tiny import make_tiny  # noqa: E402
-from runtime.bank import build_pack  # noqa: E402
-from runtime.inspector import Inspector  # noqa: E402
-from runtime.preprocess import load_image  # noqa: E402
+from export.bundle_writer import export_bundle
+from export.reference import Reference
+from export.tiny import make_tiny
+from runtime.pipeline.inspector import Inspector
+from runtime.pipeline.preprocess import load_image
+from runtime.pipeline.products import build_pack
 
 DESCRIPTION = "This is a photo of a cookie for anomaly detection, which should be round, without any crack or damage."
 
@@ -44,7 +44,7 @@ def main() -> int:
     if not frames:
         print(f"no test frames under {args.data / args.category}", file=sys.stderr)
         return 2
-    quiet = lambda *_: None  # noqa: E731
+    quiet = lambda *_: None
     with tempfile.TemporaryDirectory() as tmp:
         ck = make_tiny(Path(tmp) / "ckpt", progress=quiet)
         b32 = export_bundle(ck, Path(tmp) / "f32", products={args.category: DESCRIPTION}, quant="F32", progress=quiet)
@@ -62,18 +62,31 @@ def main() -> int:
             a = ans32.judge(img, packs[id(ans32)])
             v32 = fast32.judge(img, packs[id(fast32)])
             v8 = fast8.judge(img, packs[id(fast8)])
-            rows.append(dict(frame=f"{f.parent.name}/{f.name}", same_answer=a.answer == r.answer, map_diff=float(np.abs(a.map - r.map).max()),
-                             p_diff=float(abs(a.p_anomaly - r.p_anomaly)), ref_first=r.p_anomaly > 0.5, f32_first=bool(v32.verdict),
-                             q8_first=bool(v8.verdict), answer_verdict=a.verdict))
+            rows.append(
+                dict(
+                    frame=f"{f.parent.name}/{f.name}",
+                    same_answer=a.answer == r.answer,
+                    map_diff=float(np.abs(a.map - r.map).max()),
+                    p_diff=float(abs(a.p_anomaly - r.p_anomaly)),
+                    ref_first=r.p_anomaly > 0.5,
+                    f32_first=bool(v32.verdict),
+                    q8_first=bool(v8.verdict),
+                    answer_verdict=a.verdict,
+                )
+            )
         n = len(rows)
         parsed = [r for r in rows if r["answer_verdict"] is not None]
         summary = dict(
-            frames=n, seconds=round(time.time() - t0, 1), new_tokens=args.new_tokens,
-            answer_identical=sum(r["same_answer"] for r in rows), max_map_diff=max(r["map_diff"] for r in rows),
+            frames=n,
+            seconds=round(time.time() - t0, 1),
+            new_tokens=args.new_tokens,
+            answer_identical=sum(r["same_answer"] for r in rows),
+            max_map_diff=max(r["map_diff"] for r in rows),
             max_p_diff=max(r["p_diff"] for r in rows),
             first_token_f32_vs_reference=sum(r["f32_first"] == r["ref_first"] for r in rows),
             first_token_q8_vs_f32=sum(r["q8_first"] == r["f32_first"] for r in rows),
-            answers_parsed=len(parsed), first_token_vs_answer_on_parsed=sum(r["answer_verdict"] == r["f32_first"] for r in parsed),
+            answers_parsed=len(parsed),
+            first_token_vs_answer_on_parsed=sum(r["answer_verdict"] == r["f32_first"] for r in parsed),
         )
     if args.json:
         print(json.dumps(dict(summary=summary, frames=rows), indent=1))
@@ -83,10 +96,14 @@ def main() -> int:
         print(f"  max |map - reference map|                     {summary['max_map_diff']:.2e}")
         print(f"  max |P(anomaly) - reference|                  {summary['max_p_diff']:.2e}")
         print(f"  first-token verdict F32 == reference          {summary['first_token_f32_vs_reference']}/{n}")
-        print(f"  first-token verdict Q8_0 == F32               {summary['first_token_q8_vs_f32']}/{n} "
-              f"({100 * summary['first_token_q8_vs_f32'] / n:.1f}%)")
-        print(f"  answers in the trained grammar                {len(parsed)}/{n}; first_token agrees on "
-              f"{summary['first_token_vs_answer_on_parsed']}/{len(parsed)}")
+        print(
+            f"  first-token verdict Q8_0 == F32               {summary['first_token_q8_vs_f32']}/{n} "
+            f"({100 * summary['first_token_q8_vs_f32'] / n:.1f}%)"
+        )
+        print(
+            f"  answers in the trained grammar                {len(parsed)}/{n}; first_token agrees on "
+            f"{summary['first_token_vs_answer_on_parsed']}/{len(parsed)}"
+        )
     return 0
 
 

@@ -17,20 +17,22 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from runtime.bank import ProductStore, build_pack  # noqa: E402
-from runtime.config import parse_config  # noqa: E402
-from runtime.control import request  # noqa: E402
-from runtime.daemon import Daemon  # noqa: E402
-from runtime.evaluate import auroc, category_root, evaluate  # noqa: E402
-from runtime.inspector import Inspector  # noqa: E402
-from runtime.subscribe import ResultMessage, ResultSubscriber, StatusMessage  # noqa: E402
+from runtime.line.config import parse_config
+from runtime.line.control import request
+from runtime.line.daemon import Daemon
+from runtime.pipeline.inspector import Inspector
+from runtime.pipeline.products import ProductStore, build_pack
+from runtime.tools.evaluate import auroc, category_root, evaluate
+from runtime.tools.subscribe import ResultMessage, ResultSubscriber, StatusMessage
 
 
 def compare(bundle: Path, data: Path, category: str, shots: int, max_images: int | None = None) -> dict:
     insp = Inspector.from_config(bundle)
-    ev = evaluate(bundle, data, category, shots=shots, draws=1, seed=0, max_images=max_images, inspector=insp, progress=lambda *_: None)
+    ev = evaluate(
+        bundle, data, category, shots=shots, draws=1, seed=0, max_images=max_images, inspector=insp, progress=lambda *_: None
+    )
     draw = ev["draw_results"][0]
     root = category_root(data, category)
     pack = build_pack(insp, category, "", [root / s for s in draw["shots"]])
@@ -41,11 +43,18 @@ def compare(bundle: Path, data: Path, category: str, shots: int, max_images: int
         folder.mkdir()
         for i, f in enumerate(frames):  # the folder camera reads in name order: keep eval's order
             (folder / f"{i:05d}.png").symlink_to(root / f["file"])
-        cfg = parse_config({
-            "bundle": str(bundle), "product": category, "start_paused": True, "frames": len(frames),
-            "camera": {"kind": "folder", "source": str(folder), "when_full": "wait"},
-            "publish": "tcp://127.0.0.1:*", "control": "tcp://127.0.0.1:*", "topic_prefix": "eval.daemon",
-        })
+        cfg = parse_config(
+            {
+                "bundle": str(bundle),
+                "product": category,
+                "start_paused": True,
+                "frames": len(frames),
+                "camera": {"kind": "folder", "source": str(folder), "when_full": "wait"},
+                "publish": "tcp://127.0.0.1:*",
+                "control": "tcp://127.0.0.1:*",
+                "topic_prefix": "eval.daemon",
+            }
+        )
         daemon = Daemon(cfg, inspector=insp)
         daemon.start()
         got: dict[int, object] = {}
@@ -77,7 +86,10 @@ def compare(bundle: Path, data: Path, category: str, shots: int, max_images: int
         "same_verdict": sum(dv == f["verdict"] for dv, f in zip(d_verdicts, frames)),
         "max_score_diff": float(np.nanmax(np.abs(d_scores - e_scores))),
         "eval": {"image_auroc": draw["image_auroc"], "accuracy": draw["accuracy"]},
-        "daemon": {"image_auroc": auroc(d_scores, labels), "accuracy": float(np.mean([v is not None and v == y for v, y in zip(d_verdicts, labels)]))},
+        "daemon": {
+            "image_auroc": auroc(d_scores, labels),
+            "accuracy": float(np.mean([v is not None and v == y for v, y in zip(d_verdicts, labels)])),
+        },
         "shots": draw["shots"],
     }
 

@@ -12,7 +12,7 @@ reference  eager fp16: vision tower -> decoder map -> prompt learner -> transfor
            answer from inputs_embeds, greedy, exactly --new-tokens tokens (24: a real answer's length;
            random weights never say '##', so the stop tokens are held back until then). Its first-token
            verdict is read from generate()'s first-step scores.
-ours       runtime.backends.torch_backend: the same modules in fp16, each vision graph replayed from a CUDA
+ours       export.torch_backend: the same modules in fp16, each vision graph replayed from a CUDA
            graph, then TorchPrefill: the prefix's keys/values cached once, a static-shape prefill of the
            ~75 positions after it (CUDA graph), only the ' Yes'/' No' head rows. Verdict = P(Yes) > 0.5.
 Both start from the same preprocessed (3,224,224) frames already on the host; the CPU preprocessing (the
@@ -33,18 +33,25 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
 
-from runtime.bench import summary  # noqa: E402
-from runtime.llm import first_token_verdict  # noqa: E402
+from runtime.pipeline.llm import first_token_verdict
+from runtime.tools.bench import summary
 
 REAL = dict(
     vision=dict(width=1280, depth=32, heads=16, mlp=5120, embed=1024),
     prompt=dict(channels=[1, 4, 16, 64, 256, 1024, 4096], kernels=[3, 3, 3, 3, 3, 5], n_base=9),
     llm=dict(vocab_size=32001, hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, intermediate_size=11008),
-    layout=dict(bos=[1], before=[835, 12968, 29901, 529, 25518, 29958], middle=[1533, 25518, 29958, 29871],
-                yes_token=3869, no_token=1939, stop_token=2277, eos_token=2),
+    layout=dict(
+        bos=[1],
+        before=[835, 12968, 29901, 529, 25518, 29958],
+        middle=[1533, 25518, 29958, 29871],
+        yes_token=3869,
+        no_token=1939,
+        stop_token=2277,
+        eos_token=2,
+    ),
     question_tokens=52,  # 1 + 4 + 18 + 52 = 75 positions after the prefix, a product question's length
     min_free_gb=24.0,
 )
@@ -52,8 +59,15 @@ TINY = dict(
     vision=dict(width=64, depth=8, heads=4, mlp=256, embed=32),
     prompt=dict(channels=[1, 4, 8, 16, 32, 64, 64], kernels=[3, 3, 3, 3, 3, 5], n_base=9),
     llm=dict(vocab_size=601, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=172),
-    layout=dict(bos=[1], before=[269, 305, 547, 326, 289, 553], middle=[326, 557, 289, 553, 526],
-                yes_token=346, no_token=353, stop_token=263, eos_token=2),
+    layout=dict(
+        bos=[1],
+        before=[269, 305, 547, 326, 289, 553],
+        middle=[326, 557, 289, 553, 526],
+        yes_token=346,
+        no_token=353,
+        stop_token=263,
+        eos_token=2,
+    ),
     question_tokens=40,
     min_free_gb=0.0,
 )
@@ -85,12 +99,19 @@ def build(shapes: dict, device: torch.device, dtype: torch.dtype, seed: int = 0)
     from export.modeling.imagebind_vision import ImageBindVision
     from export.modeling.prompt_learner import LlamaProj, PromptLearner
     from export.vision_modules import VisionModules
-    from runtime.prompt import PromptLayout
+    from runtime.pipeline.prompt import PromptLayout
 
     torch.manual_seed(seed)
     v, pr, lm = shapes["vision"], shapes["prompt"], shapes["llm"]
-    config = LlamaConfig(**lm, max_position_embeddings=2048, rms_norm_eps=1e-6, tie_word_embeddings=False,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=None)
+    config = LlamaConfig(
+        **lm,
+        max_position_embeddings=2048,
+        rms_norm_eps=1e-6,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=None,
+    )
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # parameters are made in the target dtype: no fp32 copy of 7B on the device
     try:
@@ -121,7 +142,7 @@ def sync(device: torch.device) -> None:
 
 
 def preprocess_ms(n: int = 20) -> float:
-    from runtime.preprocess import preprocess
+    from runtime.pipeline.preprocess import preprocess
 
     frame = np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8)
     preprocess(frame)
@@ -144,7 +165,9 @@ def main() -> int:
     ap.add_argument("--no-graphs", action="store_true", help="ours without CUDA graphs (eager fp16)")
     ap.add_argument("--budget-s", type=float, default=300.0, help="stop timing new frames after this many seconds")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (the dry run uses 1: a busy host)")
-    ap.add_argument("--dtype", default=None, choices=["float16", "bfloat16", "float32"], help="default: float16 on CUDA, float32 on the CPU")
+    ap.add_argument(
+        "--dtype", default=None, choices=["float16", "bfloat16", "float32"], help="default: float16 on CUDA, float32 on the CPU"
+    )
     a = ap.parse_args()
     if a.dry_run:
         a.tiny, a.device, a.frames = True, "cpu", a.frames or 2
@@ -159,13 +182,20 @@ def main() -> int:
     n_ref = a.frames or 10
     n_ours = a.frames or 30
     report: dict = {
-        "shapes": "tiny" if a.tiny else "real (ViT-H/14 vision, LLaMA-7B)", "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-        "torch": torch.__version__, "cuda_graphs": graphs, "new_tokens": a.new_tokens, "python": platform.python_version(),
+        "shapes": "tiny" if a.tiny else "real (ViT-H/14 vision, LLaMA-7B)",
+        "device": str(device),
+        "dtype": str(dtype).replace("torch.", ""),
+        "torch": torch.__version__,
+        "cuda_graphs": graphs,
+        "new_tokens": a.new_tokens,
+        "python": platform.python_version(),
     }
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         free, total = torch.cuda.mem_get_info(device)
-        report.update(gpu=props.name, gpu_memory_gb=round(total / 2**30, 1), gpu_free_gb=round(free / 2**30, 1), cuda=torch.version.cuda)
+        report.update(
+            gpu=props.name, gpu_memory_gb=round(total / 2**30, 1), gpu_free_gb=round(free / 2**30, 1), cuda=torch.version.cuda
+        )
         if free / 2**30 < shapes["min_free_gb"]:
             report["error"] = f"only {free / 2**30:.1f} GB free on {props.name}; the real shapes need {shapes['min_free_gb']} GB"
             print(json.dumps(report, indent=2))
@@ -174,16 +204,18 @@ def main() -> int:
         torch.backends.cudnn.allow_tf32 = True
     elif not a.tiny:
         log("warning: real shapes on the CPU need ~30 GB of RAM and take many minutes; use --tiny")
-    from runtime.backends.torch_backend import TorchPrefill, TorchVision
     from export.modeling.decoder import decoder_map
+    from export.torch_backend import TorchPrefill, TorchVision
 
     log(f"building random weights ({report['shapes']}) on {device} ...")
     t = time.time()
     mods, llm, layout, q_ids, text_feats = build(shapes, device, dtype)
     sync(device)
     report["build_s"] = round(time.time() - t, 1)
-    n_params = {k: sum(p.numel() for p in m.parameters()) for k, m in
-                (("vision", mods.vision), ("prompt_learner", mods.learner), ("decoder", mods.decoder), ("llm", llm))}
+    n_params = {
+        k: sum(p.numel() for p in m.parameters())
+        for k, m in (("vision", mods.vision), ("prompt_learner", mods.learner), ("decoder", mods.decoder), ("llm", llm))
+    }
     report["params_m"] = {k: round(v / 1e6, 1) for k, v in n_params.items()}
     tv = TorchVision(mods, device=str(device), dtype=dtype, cuda_graphs=graphs)  # same module objects as the reference
     tp = TorchPrefill(llm, layout, lambda text: q_ids, device=str(device), dtype=dtype, cuda_graphs=graphs)
@@ -210,12 +242,20 @@ def main() -> int:
         mark()
         P, E = mods.learner(m), mods.proj(emb)
         mark()
-        ids = lambda t: embed(torch.tensor([t], device=device))  # noqa: E731
+        ids = lambda t: embed(torch.tensor([t], device=device))
         embeds = torch.cat([ids(layout.prefix_tokens), E, ids(layout.middle), P, ids(q_ids)], dim=1)
-        out = llm.generate(inputs_embeds=embeds, attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=device),
-                           max_new_tokens=a.new_tokens, min_new_tokens=a.new_tokens, do_sample=False, num_beams=1,
-                           eos_token_id=[layout.stop_token, layout.eos_token], pad_token_id=layout.eos_token,
-                           output_scores=True, return_dict_in_generate=True)
+        out = llm.generate(
+            inputs_embeds=embeds,
+            attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=device),
+            max_new_tokens=a.new_tokens,
+            min_new_tokens=a.new_tokens,
+            do_sample=False,
+            num_beams=1,
+            eos_token_id=[layout.stop_token, layout.eos_token],
+            pad_token_id=layout.eos_token,
+            output_scores=True,
+            return_dict_in_generate=True,
+        )
         first = out.scores[0][0].float()
         ly, ln = float(first[layout.yes_token]), float(first[layout.no_token])
         sync(device)
@@ -231,7 +271,7 @@ def main() -> int:
         emb, taps = mods.vision(x)
         m = decoder_map(mods.decoder(taps), text_feats.to(dtype))
         P, E = mods.learner(m), mods.proj(emb)
-        ids = lambda t: embed(torch.tensor([t], device=device))  # noqa: E731
+        ids = lambda t: embed(torch.tensor([t], device=device))
         embeds = torch.cat([ids(layout.prefix_tokens), E, ids(layout.middle), P, ids(q_ids)], dim=1)
         return llm(inputs_embeds=embeds).logits[0, -1]
 
@@ -269,7 +309,7 @@ def main() -> int:
         for k in range(2):
             ours([frames[k]])
             if a.batch > 1:
-                ours(frames[:a.batch])
+                ours(frames[: a.batch])
         sync(device)
         report["capture_s"] = round(time.time() - t, 1)
         report["graph_errors"] = {**tv.graph_errors, **({"prefill": tp.graph_errors} if tp.graph_errors else {})}
@@ -296,7 +336,7 @@ def main() -> int:
                 if time.time() > deadline:
                     break
                 t = time.perf_counter()
-                ours(frames[k:k + a.batch] if k + a.batch <= len(frames) else frames[:a.batch])
+                ours(frames[k : k + a.batch] if k + a.batch <= len(frames) else frames[: a.batch])
                 ts.append((time.perf_counter() - t) * 1e3)
             batch = {"batch": a.batch, "per_call": summary(ts), "per_frame_ms": float(np.median(ts)) / a.batch}
 
@@ -323,15 +363,21 @@ def main() -> int:
         return 1
 
     pre = preprocess_ms()
-    p = lambda ly, ln: first_token_verdict(ly, ln).p_anomaly  # noqa: E731
+    p = lambda ly, ln: first_token_verdict(ly, ln).p_anomaly
     n = min(len(ref_p), len(ours_p))
     pr, po = [p(*ref_p[k]) for k in range(n)], [p(*ours_p[k]) for k in range(n)]
     same = [(a_ > 0.5) == (b_ > 0.5) for a_, b_ in zip(pr, po)]
     report["reference"] = {
-        "per_frame": summary(ref_ms), "stages": {k: summary(v) for k, v in ref_stages.items()},
-        "prefill_only_eager": summary(pre_ts), "generated_tokens": int(n_tokens),
+        "per_frame": summary(ref_ms),
+        "stages": {k: summary(v) for k, v in ref_stages.items()},
+        "prefill_only_eager": summary(pre_ts),
+        "generated_tokens": int(n_tokens),
     }
-    report["ours"] = {"per_frame": summary(ours_ms), "stages": {k: summary(v) for k, v in ours_stages.items()}, **({"batched": batch} if batch else {})}
+    report["ours"] = {
+        "per_frame": summary(ours_ms),
+        "stages": {k: summary(v) for k, v in ours_stages.items()},
+        **({"batched": batch} if batch else {}),
+    }
     report["preprocess_cpu_ms"] = pre
     ref_med, ours_med = report["reference"]["per_frame"]["median_ms"], report["ours"]["per_frame"]["median_ms"]
     report["ratio_model"] = ref_med / ours_med
@@ -340,8 +386,11 @@ def main() -> int:
     if batch:
         report["ratio_batched_per_frame"] = ref_med / batch["per_frame_ms"]
     report["verdicts"] = {
-        "frames": n, "identical": int(sum(same)), "max_abs_p_diff": float(max((abs(x - y) for x, y in zip(pr, po)), default=0.0)),
-        "reference_p": [round(x, 4) for x in pr], "ours_p": [round(x, 4) for x in po],
+        "frames": n,
+        "identical": int(sum(same)),
+        "max_abs_p_diff": float(max((abs(x - y) for x, y in zip(pr, po)), default=0.0)),
+        "reference_p": [round(x, 4) for x in pr],
+        "ours_p": [round(x, 4) for x in po],
     }
     if device.type == "cuda":
         report["peak_gpu_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)

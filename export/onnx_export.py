@@ -28,7 +28,7 @@ import onnx
 import torch
 from torch import nn
 
-from runtime.bundle import TensorSpec
+from runtime.pipeline.bundle import TensorSpec
 
 OPSET = 18
 EXTERNAL_DATA_BYTES = int(1.5e9)
@@ -54,6 +54,7 @@ class GraphFile:
 
 # ---------------------------------------------------------------- graph wrappers (explicit I/O)
 
+
 class EncoderGraph(nn.Module):
     def __init__(self, vision):
         super().__init__()
@@ -65,7 +66,7 @@ class EncoderGraph(nn.Module):
 
 
 def encoder_specs(vision) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    n, s = vision.grid ** 2, vision.image_size
+    n, s = vision.grid**2, vision.image_size
     ins = [TensorSpec(name="image", shape=[BATCH, 3, s, s])]
     outs = [TensorSpec(name="emb", shape=[BATCH, vision.embed])]
     outs += [TensorSpec(name=f"tap{k}", shape=[BATCH, n, vision.width]) for k in range(len(vision.tap_layers))]
@@ -73,7 +74,7 @@ def encoder_specs(vision) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 def decoder_specs(vision, decoder) -> tuple[list[TensorSpec], list[TensorSpec]]:
-    n, e = vision.grid ** 2, decoder.fc[0].out_features
+    n, e = vision.grid**2, decoder.fc[0].out_features
     ins = [TensorSpec(name=f"tap{k}", shape=[BATCH, n, fc.in_features]) for k, fc in enumerate(decoder.fc)]
     ins.append(TensorSpec(name="text_feats", shape=[2, e]))
     return ins, [TensorSpec(name="map", shape=[BATCH, 1, 224, 224])]
@@ -92,6 +93,7 @@ def text_specs(text) -> tuple[list[TensorSpec], list[TensorSpec]]:
 
 
 # ---------------------------------------------------------------- export
+
 
 def _example(spec: TensorSpec, batch: int = 2) -> torch.Tensor:
     shape = [batch if isinstance(d, str) else d for d in spec.shape]
@@ -148,8 +150,9 @@ def topo_sort(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def export_graph(module: nn.Module, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], precision: str = "fp32",
-                 progress=print) -> GraphFile:
+def export_graph(
+    module: nn.Module, path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec], precision: str = "fp32", progress=print
+) -> GraphFile:
     """Export `module` (called with the inputs in order) to `path`, dynamic over the axes named 'batch'."""
     if precision not in ("fp32", "fp16"):
         raise ValueError(f"precision {precision!r}: fp32 or fp16")
@@ -163,8 +166,16 @@ def export_graph(module: nn.Module, path: Path, inputs: list[TensorSpec], output
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter (pytree deprecations, axis renaming)
         program = torch.onnx.export(
-            module, args, None, input_names=[s.name for s in inputs], output_names=[s.name for s in outputs],
-            dynamic_shapes=dyn, opset_version=OPSET, dynamo=True, optimize=True, verbose=False,
+            module,
+            args,
+            None,
+            input_names=[s.name for s in inputs],
+            output_names=[s.name for s in outputs],
+            dynamic_shapes=dyn,
+            opset_version=OPSET,
+            dynamo=True,
+            optimize=True,
+            verbose=False,
         )
     _clean(path)
     nbytes = _nbytes(module)
@@ -174,8 +185,14 @@ def export_graph(module: nn.Module, path: Path, inputs: list[TensorSpec], output
         proto = to_fp16(program.model_proto)
         del program
         big = nbytes // 2 > EXTERNAL_DATA_BYTES
-        onnx.save_model(proto, str(path), save_as_external_data=big, all_tensors_to_one_file=True,
-                        location=path.name + ".data", size_threshold=1024)
+        onnx.save_model(
+            proto,
+            str(path),
+            save_as_external_data=big,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=1024,
+        )
         del proto
     onnx.checker.check_model(str(path))  # the path form reads external data and handles > 2 GB
     check_io(path, inputs, outputs)
@@ -184,8 +201,12 @@ def export_graph(module: nn.Module, path: Path, inputs: list[TensorSpec], output
     return g
 
 
-_ELEM = {onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.INT64: "int64", onnx.TensorProto.FLOAT16: "float16",
-         onnx.TensorProto.INT32: "int32"}
+_ELEM = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.INT32: "int32",
+}
 
 
 def graph_io(path: Path) -> tuple[list[TensorSpec], list[TensorSpec]]:
@@ -207,23 +228,26 @@ def check_io(path: Path, inputs: list[TensorSpec], outputs: list[TensorSpec]) ->
         return [(s.name, [d if isinstance(d, int) else BATCH for d in s.shape], s.dtype) for s in specs]
 
     if norm(got_in) != norm(inputs) or norm(got_out) != norm(outputs):
-        raise RuntimeError(f"{path}: exported I/O {norm(got_in)} -> {norm(got_out)} differs from {norm(inputs)} -> {norm(outputs)}")
+        raise RuntimeError(
+            f"{path}: exported I/O {norm(got_in)} -> {norm(got_out)} differs from {norm(inputs)} -> {norm(outputs)}"
+        )
 
 
 # ---------------------------------------------------------------- the four graphs
+
 
 def export_encoder(vision, path: Path, precision: str = "fp32", progress=print) -> GraphFile:
     return export_graph(EncoderGraph(vision), path, *encoder_specs(vision), precision=precision, progress=progress)
 
 
 def export_decoder(vision, decoder, path: Path, progress=print) -> GraphFile:
-    from .modeling.decoder import DecoderMap
+    from export.modeling.decoder import DecoderMap
 
     return export_graph(DecoderMap(decoder), path, *decoder_specs(vision, decoder), precision="fp32", progress=progress)
 
 
 def export_prompt(learner, proj, path: Path, precision: str = "fp32", progress=print) -> GraphFile:
-    from .modeling.prompt_learner import PromptGraph
+    from export.modeling.prompt_learner import PromptGraph
 
     return export_graph(PromptGraph(learner, proj), path, *prompt_specs(learner, proj), precision=precision, progress=progress)
 
@@ -235,7 +259,7 @@ def export_text(text, path: Path, precision: str = "fp32", progress=print) -> Gr
 def export_all(mods, out: Path, precision: str = "fp32", progress=print) -> dict[str, GraphFile]:
     """encoder, decoder, prompt (+llama_proj) and, when the text tower is loaded, text_encoder."""
     out = Path(out)
-    prec = lambda name: precision if name in FP16_GRAPHS else "fp32"  # noqa: E731
+    prec = lambda name: precision if name in FP16_GRAPHS else "fp32"
     graphs = {
         "encoder": export_encoder(mods.vision, out / "encoder.onnx", prec("encoder"), progress),
         "decoder": export_decoder(mods.vision, mods.decoder, out / "decoder.onnx", progress),

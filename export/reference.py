@@ -16,17 +16,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from export import checkpoints as ck
+from export.llm_export import build_reference_llm, make_layout, reference_generate, reference_inputs_embeds, reference_text
+from export.modeling.decoder import decoder_map
+from export.modeling.fewshot import bank_from_shots, bank_map
+from export.modeling.text_prompts import text_features
+from export.vision_modules import CheckpointPaths, load_vision_modules
 from runtime.errors import AgptError
-from runtime.maps import peak_location
-from runtime.preprocess import load_image, preprocess
-from runtime.prompt import PromptLayout, parse_answer, product_question, question_text
-
-from . import checkpoints as ck
-from .llm_export import build_reference_llm, make_layout, reference_generate, reference_inputs_embeds, reference_text
-from .modeling.decoder import decoder_map
-from .modeling.fewshot import bank_from_shots, bank_map
-from .modeling.text_prompts import text_features
-from .vision_modules import CheckpointPaths, load_vision_modules
+from runtime.pipeline.maps import peak_location
+from runtime.pipeline.preprocess import load_image, preprocess
+from runtime.pipeline.prompt import PromptLayout, parse_answer, product_question, question_text
 
 
 @dataclass
@@ -48,8 +47,18 @@ def p_yes(first_logits: torch.Tensor, layout: PromptLayout) -> float:
 class Reference:
     """Loads the four checkpoints strictly and runs the whole model. `llm=False` stops at the prompt embeddings."""
 
-    def __init__(self, ckpt_dir: str | Path | None = None, *, imagebind=None, pandagpt=None, anomalygpt=None, vicuna=None,
-                 llm: bool = True, merged_lora: bool = False, modules=None):
+    def __init__(
+        self,
+        ckpt_dir: str | Path | None = None,
+        *,
+        imagebind=None,
+        pandagpt=None,
+        anomalygpt=None,
+        vicuna=None,
+        llm: bool = True,
+        merged_lora: bool = False,
+        modules=None,
+    ):
         """modules: the vision side already loaded from these checkpoints (load_vision_modules(text=True))."""
         self.paths = CheckpointPaths.resolve(ckpt_dir, imagebind, pandagpt, anomalygpt, vicuna)
         mods = modules if modules is not None else load_vision_modules(self.paths, text=True)
@@ -106,8 +115,16 @@ class Reference:
         return self.sp.encode(text)
 
     @torch.no_grad()
-    def run(self, image, product: str | None = None, description: str | None = None, shots=(), question: str | None = None,
-            history: list[tuple[str, str]] | None = None, max_new_tokens: int | None = None) -> ReferenceResult:
+    def run(
+        self,
+        image,
+        product: str | None = None,
+        description: str | None = None,
+        shots=(),
+        question: str | None = None,
+        history: list[tuple[str, str]] | None = None,
+        max_new_tokens: int | None = None,
+    ) -> ReferenceResult:
         """One frame, end to end. image/shots: paths or BGR uint8 arrays."""
         x = torch.from_numpy(self._load(image))[None]
         s = torch.from_numpy(np.stack([self._load(i) for i in shots])) if len(shots) else None
@@ -132,7 +149,9 @@ class Reference:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--ckpt-dir", type=Path, required=True, help="folder with imagebind_ckpt/, vicuna_ckpt/, pandagpt_ckpt/, anomalygpt_ckpt/")
+    p.add_argument(
+        "--ckpt-dir", type=Path, required=True, help="folder with imagebind_ckpt/, vicuna_ckpt/, pandagpt_ckpt/, anomalygpt_ckpt/"
+    )
     p.add_argument("--image", type=Path, required=True)
     p.add_argument("--shots", type=Path, nargs="*", default=[], help="normal shots (1-4): the bank map replaces the decoder map")
     p.add_argument("--product", default=None, help="product name for the text features ('object' when absent)")
@@ -145,7 +164,9 @@ def run(args: argparse.Namespace) -> int:
     r = ref.run(args.image, args.product, args.description, args.shots, max_new_tokens=args.max_new_tokens)
     m = r.map
     print(f"answer:    {r.answer!r}")
-    print(f"verdict:   {'anomaly' if r.verdict else 'normal' if r.verdict is False else 'unparsed'}   p_anomaly(first token): {r.p_anomaly:.4f}")
+    print(
+        f"verdict:   {'anomaly' if r.verdict else 'normal' if r.verdict is False else 'unparsed'}   p_anomaly(first token): {r.p_anomaly:.4f}"
+    )
     print(f"locations: {r.locations or '-'}   map peak cell: {r.peak_location}")
     print(f"map:       224x224 min {m.min():.4f} mean {m.mean():.4f} max {m.max():.4f}")
     return 0

@@ -16,9 +16,9 @@ import argparse
 import time
 from pathlib import Path
 
-from runtime.backends.tensorrt import device_tag, import_tensorrt
-from runtime.bundle import FileRef, load_bundle, sha256_file
 from runtime.errors import AgptError
+from runtime.pipeline.bundle import FileRef, load_bundle, sha256_file
+from runtime.pipeline.engines.tensorrt import device_tag, import_tensorrt
 
 ENGINE_GRAPHS = ("encoder", "decoder", "prompt")
 
@@ -37,8 +37,17 @@ def _pin_fp32(trt, network) -> int:
     return n
 
 
-def build_engine(onnx_path: Path, engine_path: Path, fp16: bool = True, strongly_typed: bool = False, max_batch: int = 8,
-                 opt_batch: int = 1, workspace_gb: float = 4.0, timing_cache: Path | None = None, progress=print) -> Path:
+def build_engine(
+    onnx_path: Path,
+    engine_path: Path,
+    fp16: bool = True,
+    strongly_typed: bool = False,
+    max_batch: int = 8,
+    opt_batch: int = 1,
+    workspace_gb: float = 4.0,
+    timing_cache: Path | None = None,
+    progress=print,
+) -> Path:
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -61,7 +70,7 @@ def build_engine(onnx_path: Path, engine_path: Path, fp16: bool = True, strongly
     for i in range(network.num_inputs):
         t = network.get_input(i)
         dims = list(t.shape)
-        at = lambda b: tuple(b if d < 0 else d for d in dims)  # noqa: E731  only the batch axis is dynamic
+        at = lambda b, dims=dims: tuple(b if d < 0 else d for d in dims)
         profile.set_shape(t.name, at(1), at(min(opt_batch, max_batch)), at(max_batch))
     config.add_optimization_profile(profile)
     cache = None
@@ -82,10 +91,17 @@ def build_engine(onnx_path: Path, engine_path: Path, fp16: bool = True, strongly
     return engine_path
 
 
-def build_bundle_engines(bundle_dir: str | Path, graphs=ENGINE_GRAPHS, max_batch: int = 8, opt_batch: int = 1,
-                         workspace_gb: float = 4.0, fp16: bool = True, progress=print) -> dict[str, FileRef]:
+def build_bundle_engines(
+    bundle_dir: str | Path,
+    graphs=ENGINE_GRAPHS,
+    max_batch: int = 8,
+    opt_batch: int = 1,
+    workspace_gb: float = 4.0,
+    fp16: bool = True,
+    progress=print,
+) -> dict[str, FileRef]:
     """Build engines for the bundle's graphs on this device and record them in bundle.json."""
-    from .bundle_writer import write_manifest
+    from export.bundle_writer import write_manifest
 
     bundle = load_bundle(bundle_dir, verify=True)
     tag = device_tag()
@@ -99,8 +115,17 @@ def build_bundle_engines(bundle_dir: str | Path, graphs=ENGINE_GRAPHS, max_batch
         comp = manifest.components[name]
         rel = Path("trt") / tag / f"{name}.engine"
         # the decoder stays fp32 as in ONNX: its cosines are scaled by 100 before a softmax
-        build_engine(bundle.path(comp), root / rel, fp16=fp16 and name != "decoder", strongly_typed=comp.precision == "fp16", max_batch=max_batch,
-                     opt_batch=opt_batch, workspace_gb=workspace_gb, timing_cache=cache, progress=progress)
+        build_engine(
+            bundle.path(comp),
+            root / rel,
+            fp16=fp16 and name != "decoder",
+            strongly_typed=comp.precision == "fp16",
+            max_batch=max_batch,
+            opt_batch=opt_batch,
+            workspace_gb=workspace_gb,
+            timing_cache=cache,
+            progress=progress,
+        )
         comp.engines[tag] = done[name] = FileRef(file=str(rel), sha256=sha256_file(root / rel))
     write_manifest(root, manifest)
     progress(f"recorded {len(done)} engines for {tag} in {root / 'bundle.json'}")
@@ -116,5 +141,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    build_bundle_engines(args.bundle, max_batch=args.max_batch, opt_batch=args.opt_batch, workspace_gb=args.workspace_gb, fp16=not args.fp32)
+    build_bundle_engines(
+        args.bundle, max_batch=args.max_batch, opt_batch=args.opt_batch, workspace_gb=args.workspace_gb, fp16=not args.fp32
+    )
     return 0

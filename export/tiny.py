@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import ANOMALYGPT, IMAGEBIND, PANDAGPT, PROMPT_CONVS, VICUNA
+from export.checkpoints import ANOMALYGPT, IMAGEBIND, PANDAGPT, PROMPT_CONVS, VICUNA
 
 VISION = dict(width=64, depth=8, mlp=256, patch=14, grid=16, embed=32)
 TEXT = dict(width=32, depth=2, mlp=128, vocab=49408, context=77, embed=32)
@@ -90,7 +90,7 @@ def anomalygpt_state(g: torch.Generator, llm_hidden: int) -> dict[str, torch.Ten
 
 
 def make_tiny(out: str | Path, seed: int = 0, progress=print) -> Path:
-    from .tiny_llm import write_tiny_pandagpt, write_tiny_vicuna
+    from export.tiny_llm import write_tiny_pandagpt, write_tiny_vicuna
 
     out = Path(out)
     g = torch.Generator().manual_seed(seed)
@@ -117,4 +117,3 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     make_tiny(args.out, seed=args.seed)
     return 0
-

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import LORA_PREFIX, LORA_TARGETS
-from .llm_export import LAYOUT_PIECES
+from export.checkpoints import LORA_PREFIX, LORA_TARGETS
+from export.llm_export import LAYOUT_PIECES
 
 VOCAB_PIECES = 600  # SentencePiece size; config.json says one more (the Vicuna v0 added pad)
 LLM = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=172)
@@ -71,8 +71,12 @@ def corpus() -> list[str]:
             other = _POSITIONS[(i + 4) % 9]
             two = f"Yes, there are 2 anomalies in the image, they are at the {pos} and {other} of the image."
             lines.append(f"### Human: <Img></Img> {q}\n### Assistant: {yes}\n###")
-            lines.append(f"### Human: <Img></Img> {q}\n### Assistant: {two}\n### Human: {_QUESTIONS[i % 5]}\n### Assistant: {yes}\n###")
-            lines.append(f"### Human: <Img></Img> {q}\n### Assistant: {no}\n### Human: {_QUESTIONS[(i + 1) % 5]}\n### Assistant: {no}\n###")
+            lines.append(
+                f"### Human: <Img></Img> {q}\n### Assistant: {two}\n### Human: {_QUESTIONS[i % 5]}\n### Assistant: {yes}\n###"
+            )
+            lines.append(
+                f"### Human: <Img></Img> {q}\n### Assistant: {no}\n### Human: {_QUESTIONS[(i + 1) % 5]}\n### Assistant: {no}\n###"
+            )
     return lines + list(_FILLER)
 
 
@@ -138,7 +142,9 @@ def _llama_state(g: torch.Generator, vocab: int, hidden: int, layers: int, inter
     return s
 
 
-def llama_config(vocab_size: int, hidden_size: int, num_hidden_layers: int, num_attention_heads: int, intermediate_size: int) -> dict:
+def llama_config(
+    vocab_size: int, hidden_size: int, num_hidden_layers: int, num_attention_heads: int, intermediate_size: int
+) -> dict:
     """config.json as the Vicuna v0 folders have it (LLaMA-1: no GQA, rope base 10000, eps 1e-6)."""
     return {
         "architectures": ["LlamaForCausalLM"],
@@ -175,12 +181,23 @@ def write_tiny_vicuna(dir: Path, seed: int = 0, *, vocab_size: int | None = None
     (dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (dir / "tokenizer_config.json").write_text(
         json.dumps(
-            {"tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "model_max_length": 2048,
-             "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "legacy": True},
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "add_bos_token": True,
+                "add_eos_token": False,
+                "model_max_length": 2048,
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "legacy": True,
+            },
             indent=2,
-        ) + "\n"
+        )
+        + "\n"
     )
-    (dir / "special_tokens_map.json").write_text(json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2) + "\n")
+    (dir / "special_tokens_map.json").write_text(
+        json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2) + "\n"
+    )
     g = torch.Generator().manual_seed(seed + 1000)
     state = _llama_state(g, cfg["vocab_size"], dims["hidden_size"], dims["num_hidden_layers"], dims["intermediate_size"])
     torch.save(state, dir / "pytorch_model.bin")
@@ -193,7 +210,9 @@ def _n_pieces(model: bytes) -> int:
     return spm.SentencePieceProcessor(model_proto=model).get_piece_size()
 
 
-def pandagpt_state(llm_hidden: int, llm_layers: int, embed_dim: int, seed: int = 0, rank: int = LORA_RANK) -> dict[str, torch.Tensor]:
+def pandagpt_state(
+    llm_hidden: int, llm_layers: int, embed_dim: int, seed: int = 0, rank: int = LORA_RANK
+) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed + 2000)
     s: dict[str, torch.Tensor] = {}
     for i in range(llm_layers):

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.bundle import load_bundle
-from runtime.prompt import FALLBACK_PRODUCT
 from runtime.errors import AgptError
+from runtime.pipeline.bundle import load_bundle
+from runtime.pipeline.prompt import FALLBACK_PRODUCT
 
 # What an fp32 / fp16 bundle is expected to stay within (relative to the output's largest value).
 REL_TOL = {"fp32": 1e-3, "fp16": 5e-2}
@@ -25,7 +25,7 @@ REL_TOL = {"fp32": 1e-3, "fp16": 5e-2}
 
 def load_images(paths: list[Path]) -> np.ndarray:
     """(B,3,224,224) float32 through the runtime's reference transform (the same tensor feeds torch and the graphs)."""
-    from runtime.preprocess import load_image, preprocess
+    from runtime.pipeline.preprocess import load_image, preprocess
 
     return np.stack([preprocess(load_image(p))[0] for p in paths]).astype(np.float32)
 
@@ -38,21 +38,29 @@ def _stat(got: np.ndarray, ref: np.ndarray) -> dict:
     return {"shape": list(ref.shape), "max_abs": d, "max_rel": d / max(float(np.abs(ref).max()), 1e-12)}
 
 
-def verify_vision(bundle_dir: str | Path, paths, images: list[Path] | np.ndarray, shots: list[Path] | np.ndarray | None = None,
-                  product: str | None = None, backend: str = "onnxruntime", providers: list | None = None,
-                  threads: int | None = None, bundle=None, mods=None) -> dict:
+def verify_vision(
+    bundle_dir: str | Path,
+    paths,
+    images: list[Path] | np.ndarray,
+    shots: list[Path] | np.ndarray | None = None,
+    product: str | None = None,
+    backend: str = "onnxruntime",
+    providers: list | None = None,
+    threads: int | None = None,
+    bundle=None,
+    mods=None,
+) -> dict:
     """Compare the bundle's graphs with the torch modules on the same inputs; returns a JSON-able report.
     bundle / mods: the loaded bundle and vision modules when the caller already has them."""
     import torch
 
-    from runtime.maps import bank_map, peak_location
-    from runtime.vision import VisionEngines
-
-    from .modeling.decoder import decoder_map
-    from .modeling.fewshot import bank_from_shots
-    from .modeling.fewshot import bank_map as torch_bank_map
-    from .modeling.text_prompts import text_features
-    from .vision_modules import load_vision_modules
+    from export.modeling.decoder import decoder_map
+    from export.modeling.fewshot import bank_from_shots
+    from export.modeling.fewshot import bank_map as torch_bank_map
+    from export.modeling.text_prompts import text_features
+    from export.vision_modules import load_vision_modules
+    from runtime.pipeline.maps import bank_map, peak_location
+    from runtime.pipeline.vision import VisionEngines
 
     bundle = bundle or load_bundle(bundle_dir, verify=True)
     m = bundle.manifest
@@ -60,8 +68,14 @@ def verify_vision(bundle_dir: str | Path, paths, images: list[Path] | np.ndarray
     ve = VisionEngines(bundle, backend=backend, providers=providers, threads=threads)
     x = images if isinstance(images, np.ndarray) else load_images(list(images))
     sx = None if shots is None or len(shots) == 0 else (shots if isinstance(shots, np.ndarray) else load_images(list(shots)))
-    report: dict = {"bundle": str(bundle.root), "backend": backend, "images": int(x.shape[0]), "shots": 0 if sx is None else int(sx.shape[0]),
-                    "outputs": {}, "cells": {}}
+    report: dict = {
+        "bundle": str(bundle.root),
+        "backend": backend,
+        "images": int(x.shape[0]),
+        "shots": 0 if sx is None else int(sx.shape[0]),
+        "outputs": {},
+        "cells": {},
+    }
     out = report["outputs"]
 
     # text features: the bundle's stored ones feed both sides; compared with a fresh torch computation
@@ -120,19 +134,21 @@ def verify_vision(bundle_dir: str | Path, paths, images: list[Path] | np.ndarray
     return report
 
 
-def verify_verdicts(bundle_dir: str | Path, paths, images: list[Path], shots: list[Path], product: str | None,
-                    bundle=None, mods=None) -> dict:
+def verify_verdicts(
+    bundle_dir: str | Path, paths, images: list[Path], shots: list[Path], product: str | None, bundle=None, mods=None
+) -> dict:
     """First-token verdict and location: the oracle (torch + transformers) vs the bundle (graphs + llama.cpp).
     bundle / mods: the loaded bundle and vision modules when the caller already has them."""
-    from runtime.bank import build_pack
-    from runtime.inspector import Inspector
-    from runtime.maps import peak_location
-    from runtime.preprocess import load_image
-    from runtime.prompt import product_question
+    from export.reference import Reference
+    from runtime.pipeline.inspector import Inspector
+    from runtime.pipeline.maps import peak_location
+    from runtime.pipeline.preprocess import load_image
+    from runtime.pipeline.products import build_pack
+    from runtime.pipeline.prompt import product_question
 
-    from .reference import Reference
-
-    ref = Reference(imagebind=paths.imagebind, pandagpt=paths.pandagpt, anomalygpt=paths.anomalygpt, vicuna=paths.vicuna, modules=mods)
+    ref = Reference(
+        imagebind=paths.imagebind, pandagpt=paths.pandagpt, anomalygpt=paths.anomalygpt, vicuna=paths.vicuna, modules=mods
+    )
     insp = Inspector(bundle or load_bundle(bundle_dir), None, "first_token")
     name = product or FALLBACK_PRODUCT
     entry = insp.manifest_products.get(name)
@@ -140,26 +156,42 @@ def verify_verdicts(bundle_dir: str | Path, paths, images: list[Path], shots: li
     pack = build_pack(insp, name, description, shots)  # no shots: the product's text features alone
     rows = []
     for img in images:
-        r = ref.run(img, product=name, description=description, shots=shots, question=product_question(description), max_new_tokens=1)
+        r = ref.run(
+            img, product=name, description=description, shots=shots, question=product_question(description), max_new_tokens=1
+        )
         j = insp.judge(load_image(img), pack)
-        rows.append({"p_ref": r.p_anomaly, "p_bundle": j.p_anomaly, "verdict_agrees": (r.p_anomaly > 0.5) == j.verdict,
-                     "location_agrees": r.peak_location == (j.locations[0] if j.locations else peak_location(j.map))})
-    return {"quant": insp.bundle.manifest.llm.quant, "max_p_diff": max(abs(x["p_ref"] - x["p_bundle"]) for x in rows),
-            "verdicts_agree": sum(x["verdict_agrees"] for x in rows), "locations_agree": sum(x["location_agrees"] for x in rows),
-            "frames": len(rows)}
+        rows.append(
+            {
+                "p_ref": r.p_anomaly,
+                "p_bundle": j.p_anomaly,
+                "verdict_agrees": (r.p_anomaly > 0.5) == j.verdict,
+                "location_agrees": r.peak_location == (j.locations[0] if j.locations else peak_location(j.map)),
+            }
+        )
+    return {
+        "quant": insp.bundle.manifest.llm.quant,
+        "max_p_diff": max(abs(x["p_ref"] - x["p_bundle"]) for x in rows),
+        "verdicts_agree": sum(x["verdict_agrees"] for x in rows),
+        "locations_agree": sum(x["location_agrees"] for x in rows),
+        "frames": len(rows),
+    }
 
 
 def format_report(r: dict) -> str:
-    lines = [f"{r['bundle']} ({r['backend']}): {r['images']} images, {r['shots']} shots, product '{r.get('product')}'",
-             f"{'output':<11} {'shape':<20} {'max abs':>10} {'max rel':>10}"]
+    lines = [
+        f"{r['bundle']} ({r['backend']}): {r['images']} images, {r['shots']} shots, product '{r.get('product')}'",
+        f"{'output':<11} {'shape':<20} {'max abs':>10} {'max rel':>10}",
+    ]
     for k, s in r["outputs"].items():
         lines.append(f"{k:<11} {str(tuple(s['shape'])):<20} {s['max_abs']:>10.2e} {s['max_rel']:>10.2e}")
     for k, v in r["cells"].items():
         lines.append(f"peak 3x3 cell of {k} agrees: {sum(v)}/{len(v)}")
     if "llm" in r:
         v = r["llm"]
-        lines.append(f"first-token verdict agrees: {v['verdicts_agree']}/{v['frames']}, location agrees: {v['locations_agree']}/{v['frames']}, "
-                     f"max |P(anomaly) diff| {v['max_p_diff']:.2e} (GGUF {v['quant']})")
+        lines.append(
+            f"first-token verdict agrees: {v['verdicts_agree']}/{v['frames']}, location agrees: {v['locations_agree']}/{v['frames']}, "
+            f"max |P(anomaly) diff| {v['max_p_diff']:.2e} (GGUF {v['quant']})"
+        )
     if "note" in r:
         lines.append(f"note: {r['note']}")
     lines.append(f"{'OK' if r['ok'] else 'MISMATCH'} (relative tolerance {r['rel_tolerance']:g})")
@@ -183,13 +215,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .vision_modules import CheckpointPaths, load_vision_modules
+    from export.vision_modules import CheckpointPaths, load_vision_modules
 
     paths = CheckpointPaths.resolve(args.ckpt_dir, args.imagebind, args.pandagpt, args.anomalygpt, args.vicuna)
     bundle = load_bundle(args.bundle, verify=True)  # hashed once, the modules loaded once, for both checks
     mods = load_vision_modules(paths, text=True)
-    r = verify_vision(args.bundle, paths, args.images, args.shots, args.product, backend=args.backend, threads=args.threads,
-                      bundle=bundle, mods=mods)
+    r = verify_vision(
+        args.bundle,
+        paths,
+        args.images,
+        args.shots,
+        args.product,
+        backend=args.backend,
+        threads=args.threads,
+        bundle=bundle,
+        mods=mods,
+    )
     if bundle.manifest.llm is not None and not args.no_llm and paths.vicuna is not None and paths.vicuna.is_dir():
         r["llm"] = verify_verdicts(args.bundle, paths, args.images, args.shots, args.product, bundle=bundle, mods=mods)
         r["ok"] = r["ok"] and r["llm"]["verdicts_agree"] == r["llm"]["frames"]

@@ -9,9 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from export import checkpoints as ck
 from runtime.errors import AgptError
-
-from . import checkpoints as ck
 
 
 def checkpoint_path(given, ckpt_dir, rel: Path, what: str, required: bool = True) -> Path | None:
@@ -33,7 +32,9 @@ class CheckpointPaths:
     vicuna: Path | None = None
 
     @classmethod
-    def resolve(cls, ckpt_dir: str | Path | None = None, imagebind=None, pandagpt=None, anomalygpt=None, vicuna=None) -> "CheckpointPaths":
+    def resolve(
+        cls, ckpt_dir: str | Path | None = None, imagebind=None, pandagpt=None, anomalygpt=None, vicuna=None
+    ) -> CheckpointPaths:
         """Explicit paths win; the rest come from the --ckpt-dir convention (export/checkpoints.py)."""
         return cls(
             checkpoint_path(imagebind, ckpt_dir, ck.IMAGEBIND, "imagebind"),
@@ -45,19 +46,19 @@ class CheckpointPaths:
 
 @dataclass
 class VisionModules:
-    vision: "object"  # ImageBindVision
-    text: "object | None"  # ImageBindText
-    decoder: "object"  # Decoder
-    learner: "object"  # PromptLearner
-    proj: "object"  # LlamaProj
+    vision: object  # ImageBindVision
+    text: object | None  # ImageBindText
+    decoder: object  # Decoder
+    learner: object  # PromptLearner
+    proj: object  # LlamaProj
 
 
 def load_vision_modules(paths: CheckpointPaths, text: bool = True) -> VisionModules:
     """All vision-side modules in fp32 eval mode; every checkpoint accounted strictly (missing/unexpected keys refuse)."""
-    from .modeling.decoder import Decoder
-    from .modeling.imagebind_text import ImageBindText
-    from .modeling.imagebind_vision import ImageBindVision
-    from .modeling.prompt_learner import LlamaProj, PromptLearner
+    from export.modeling.decoder import Decoder
+    from export.modeling.imagebind_text import ImageBindText
+    from export.modeling.imagebind_vision import ImageBindVision
+    from export.modeling.prompt_learner import LlamaProj, PromptLearner
 
     ib = ck.load_imagebind(paths.imagebind, text=text)
     panda = ck.load_pandagpt(paths.pandagpt)
@@ -65,14 +66,20 @@ def load_vision_modules(paths: CheckpointPaths, text: bool = True) -> VisionModu
     vision = ImageBindVision.from_state(ib.vision)
     decoder = Decoder.from_state(agpt.decoder)
     if any(fc.in_features != vision.width for fc in decoder.fc):
-        raise AgptError(f"{paths.anomalygpt}: image_decoder takes width {decoder.fc[0].in_features}, the vision tower gives {vision.width}")
+        raise AgptError(
+            f"{paths.anomalygpt}: image_decoder takes width {decoder.fc[0].in_features}, the vision tower gives {vision.width}"
+        )
     proj = LlamaProj.from_weights(panda.llama_proj_weight, panda.llama_proj_bias)
     if proj.in_features != vision.embed:
         raise AgptError(f"{paths.pandagpt}: llama_proj takes {proj.in_features}, the vision embedding is {vision.embed}")
     learner = PromptLearner.from_state(agpt.prompt_learner)
     if learner.base_prompts.shape[1] != proj.out_features:
-        raise AgptError(f"{paths.anomalygpt}: prompt learner width {learner.base_prompts.shape[1]} != llama_proj width {proj.out_features}")
+        raise AgptError(
+            f"{paths.anomalygpt}: prompt learner width {learner.base_prompts.shape[1]} != llama_proj width {proj.out_features}"
+        )
     text_model = ImageBindText.from_state(ib.text) if text else None
     if text_model is not None and text_model.embed != decoder.fc[0].out_features:
-        raise AgptError(f"{paths.imagebind}: text embedding {text_model.embed} != image_decoder width {decoder.fc[0].out_features}")
+        raise AgptError(
+            f"{paths.imagebind}: text embedding {text_model.embed} != image_decoder width {decoder.fc[0].out_features}"
+        )
     return VisionModules(vision, text_model, decoder, learner, proj)

@@ -10,7 +10,7 @@ import argparse
 import importlib
 import sys
 
-from .errors import AgptError
+from runtime.errors import AgptError
 
 COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("export", "make-tiny"): ("export.tiny", "write tiny random checkpoints in the official formats"),
@@ -20,19 +20,21 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("export", "verify"): ("export.verify", "compare a bundle with the reference on the same images"),
     ("export", "trt"): ("export.tensorrt_build", "build TensorRT engines for a bundle on this device"),
     ("export", "lite"): ("export.lite", "export the EfficientNet-Lite0 lite bundle (no LLM)"),
-    ("run",): ("runtime.daemon", "run the inspection daemon"),
-    ("demo",): ("runtime.demo", "the whole line on this machine: bundle, product, daemon on a synthetic line, subscriber"),
-    ("subscribe",): ("runtime.subscribe", "print the results a daemon publishes"),
-    ("bank", "build"): ("runtime.bank", "build a product pack from normal shots"),
-    ("eval",): ("runtime.evaluate", "evaluate a bundle on an MVTec-layout dataset"),
-    ("bench",): ("runtime.bench", "per-stage latency and throughput, ours vs the reference"),
-    ("health",): ("runtime.health", "ask a running daemon for its status (exit 0 when healthy)"),
+    ("run",): ("runtime.line.daemon", "run the inspection daemon"),
+    ("demo",): ("runtime.tools.demo", "the whole line on this machine: bundle, product, daemon on a synthetic line, subscriber"),
+    ("subscribe",): ("runtime.tools.subscribe", "print the results a daemon publishes"),
+    ("bank", "build"): ("runtime.tools.bank", "build a product pack from normal shots"),
+    ("eval",): ("runtime.tools.evaluate", "evaluate a bundle on an MVTec-layout dataset"),
+    ("bench",): ("runtime.tools.bench", "per-stage latency and throughput, ours vs the reference"),
+    ("health",): ("runtime.tools.health", "ask a running daemon for its status (exit 0 when healthy)"),
 }
 
 
 def _parser() -> argparse.ArgumentParser:
     root = argparse.ArgumentParser(prog="agpt", description="AnomalyGPT on the line: export once, inspect every frame.")
-    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {(): root.add_subparsers(dest="cmd", required=True, metavar="COMMAND")}
+    groups: dict[tuple[str, ...], argparse._SubParsersAction] = {
+        (): root.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
+    }
     for path, (_, help_) in COMMANDS.items():
         for depth in range(1, len(path)):
             if path[:depth] not in groups:

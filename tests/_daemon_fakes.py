@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.bank import PackSpec, ProductStore, build_pack
-from runtime.config import CameraConfig, DaemonConfig
-from runtime.control import request
+from runtime.line.config import CameraConfig, DaemonConfig
+from runtime.line.control import request
+from runtime.pipeline.products import PackSpec, ProductStore, build_pack
 
 N_TAPS, TAP_N, TAP_W, TEXT_DIM = 4, 16, 8, 4
 ENCODER_SHA = "e" * 64
@@ -36,7 +36,7 @@ class FakeJudgement:
 
 
 class FakeInspector:
-    """Same interface as runtime.inspector.Inspector; the 'model' is the frame's mean brightness."""
+    """Same interface as runtime.pipeline.inspector.Inspector; the 'model' is the frame's mean brightness."""
 
     encoder_sha256 = ENCODER_SHA
     pack_spec = PackSpec(ENCODER_SHA, (TAP_W,) * N_TAPS, TEXT_DIM)
@@ -204,7 +204,7 @@ def daemon_config(bundle: Path, **kw) -> DaemonConfig:
 
 def collect(sub, until, timeout: float = 10.0) -> dict:
     """Messages from a ResultSubscriber until `until(bag)` is true or `timeout` passes (then AssertionError)."""
-    from runtime.subscribe import EventMessage, ResultMessage, StatusMessage
+    from runtime.tools.subscribe import EventMessage, ResultMessage, StatusMessage
 
     bag: dict = {"results": [], "events": [], "statuses": []}
     deadline = time.monotonic() + timeout
@@ -237,7 +237,7 @@ def multi_config(bundle: Path, cameras: list[dict], **kw) -> DaemonConfig:
 @contextlib.contextmanager
 def running(cfg, inspector=None, source=None, sources=None):
     """A started Daemon (one camera's source, or several cameras' sources), shut down on exit."""
-    from runtime.daemon import Daemon
+    from runtime.line.daemon import Daemon
 
     d = Daemon(cfg, inspector=inspector or FakeInspector(), source=source, sources=sources)
     d.start()
@@ -259,8 +259,8 @@ def ctl(d, payload, timeout_s: float = 10.0) -> dict:
 def run_to_end(cfg, inspector, timeout: float = 30.0, *, source=None, sources=None) -> tuple:
     """Start with every source gated, subscribe, open the gates, run to the end of every stream.
     (daemon, what the subscriber got up to the final status); bag["subscriber"] keeps its loss counters."""
-    from runtime.daemon import Daemon
-    from runtime.subscribe import ResultSubscriber
+    from runtime.line.daemon import Daemon
+    from runtime.tools.subscribe import ResultSubscriber
 
     gate = threading.Event()
     srcs = [source] if source is not None else list(sources.values() if isinstance(sources, dict) else sources)

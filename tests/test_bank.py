@@ -17,9 +17,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _daemon_fakes import ENCODER_SHA, N_TAPS, TAP_W, TEXT_DIM, FakeInspector
 
-from runtime import bank
-from runtime.bank import PACK_FILE, PackSpec, ProductStore, build_pack, read_pack, write_pack
 from runtime.errors import AgptError
+from runtime.pipeline import products as bank
+from runtime.pipeline.products import PACK_FILE, PackSpec, ProductStore, build_pack, read_pack, write_pack
 
 SPEC = PackSpec(ENCODER_SHA, (TAP_W,) * N_TAPS, TEXT_DIM)
 
@@ -106,7 +106,10 @@ CORRUPTIONS = {
     "other name": (lambda p: _rewrite(p, lambda a: _meta(a, name="gadget")), "expected 'widget'"),
     "schema": (lambda p: _rewrite(p, lambda a: _meta(a, schema=99)), "schema"),
     "extra array": (lambda p: _rewrite(p, lambda a: a.__setitem__("evil", np.zeros(3, np.float32))), "unexpected"),
-    "text shape": (lambda p: _rewrite(p, lambda a: a.__setitem__("text_feats", np.zeros((3, TEXT_DIM), np.float32))), "text_feats"),
+    "text shape": (
+        lambda p: _rewrite(p, lambda a: a.__setitem__("text_feats", np.zeros((3, TEXT_DIM), np.float32))),
+        "text_feats",
+    ),
     "nothing": (lambda p: _rewrite(p, lambda a: [a.pop(k) for k in list(a) if k != "meta"]), "no normal shots or text"),
 }
 
@@ -169,10 +172,14 @@ def test_save_refuses_overwrite_and_invalid_packs(store):
 
 def test_lite_spec_needs_a_bank_and_manifest_products(tmp_path):
     lite = PackSpec(ENCODER_SHA, (TAP_W,) * N_TAPS, None, needs_bank=True)
-    s = ProductStore(tmp_path / "products", lite, {"screw": {"description": "a screw", "text_feats": [[1, 0, 0, 0], [0, 1, 0, 0]]}})
+    s = ProductStore(
+        tmp_path / "products", lite, {"screw": {"description": "a screw", "text_feats": [[1, 0, 0, 0], [0, 1, 0, 0]]}}
+    )
     with pytest.raises(AgptError, match="no decoder"):
         s.load("screw")
-    s = ProductStore(tmp_path / "products", SPEC, {"screw": {"description": "a screw", "text_feats": [[1, 0, 0, 0], [0, 1, 0, 0]]}})
+    s = ProductStore(
+        tmp_path / "products", SPEC, {"screw": {"description": "a screw", "text_feats": [[1, 0, 0, 0], [0, 1, 0, 0]]}}
+    )
     p = s.load("screw")
     assert p.bank == [] and p.text_feats.shape == (2, 4) and p.description == "a screw" and s.names() == ["screw"]
     with pytest.raises(AgptError, match="no product 'bolt'"):
@@ -201,7 +208,7 @@ def test_write_pack_replaces_atomically(tmp_path):
 
 def _fake_bundle(tmp_path: Path) -> tuple[Path, str]:
     """bundle.json with an encoder (4 taps of width TAP_W) and no decoder; the encoder file is a stub."""
-    from runtime.bundle import BundleManifest, Component, EncoderInfo, Tap, sha256_file
+    from runtime.pipeline.bundle import BundleManifest, Component, EncoderInfo, Tap, sha256_file
 
     root = tmp_path / "bundle"
     root.mkdir()
@@ -226,19 +233,21 @@ def test_bank_build_cli(tmp_path, monkeypatch, capsys):
         cv2.imwrite(str(shots / f"{i}.png"), img)
     insp = FakeInspector()
     insp.encoder_sha256 = sha
-    monkeypatch.setattr(bank, "_open_inspector", lambda b, providers: insp)
+    from runtime.tools import bank as bank_cli
+
+    monkeypatch.setattr(bank_cli, "_open_inspector", lambda b, providers: insp)
     p = argparse.ArgumentParser()
-    bank.add_arguments(p)
+    bank_cli.add_arguments(p)
     args = p.parse_args(["--bundle", str(root), "--product", "cookie", "--description", "a cookie", str(shots)])
-    assert bank.run(args) == 0
+    assert bank_cli.run(args) == 0
     assert "bank_id" in capsys.readouterr().out
-    from runtime.bundle import load_bundle
+    from runtime.pipeline.bundle import load_bundle
 
     spec = PackSpec.from_bundle(load_bundle(root))
     assert spec.needs_bank and spec.tap_widths == (TAP_W,) * N_TAPS
     pack = read_pack(root / "products" / "cookie" / PACK_FILE, spec, "cookie")
     assert pack.n_shots == 2 and pack.description == "a cookie" and pack.text_feats is not None
     with pytest.raises(AgptError, match="--replace"):
-        bank.run(args)
+        bank_cli.run(args)
     with pytest.raises(AgptError, match="invalid product name"):
-        bank.run(p.parse_args(["--bundle", str(root), "--product", "../x", str(shots)]))
+        bank_cli.run(p.parse_args(["--bundle", str(root), "--product", "../x", str(shots)]))

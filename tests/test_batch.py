@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
-
-from runtime.bank import ProductPack, build_pack
-from runtime.errors import AgptError
-from runtime.inspector import Inspector, Prepared
-from runtime.llm import LlmSession
-
 from conftest import COOKIE_DESCRIPTION
+
+from runtime.errors import AgptError
+from runtime.pipeline.inspector import Inspector, Prepared
+from runtime.pipeline.llm import LlmSession
+from runtime.pipeline.products import ProductPack, build_pack
 
 QUESTIONS = [
     "Is there any anomaly in the image?",
@@ -84,7 +83,9 @@ def test_more_frames_than_sequences_are_decoded_in_groups(insp, packs):
 
 
 def test_answer_mode_batch(tiny_bundle, packs):
-    insp = Inspector.from_config(tiny_bundle, None, "answer", llm_options=dict(kv_f32=True, n_threads=1), max_new_tokens=6, max_batch=2)
+    insp = Inspector.from_config(
+        tiny_bundle, None, "answer", llm_options=dict(kv_f32=True, n_threads=1), max_new_tokens=6, max_batch=2
+    )
     frames = _images(40, 2)
     ones = [insp.judge(f, p) for f, p in zip(frames, packs[:2])]
     batch = insp.judge_batch(frames, packs[:2])
@@ -105,7 +106,7 @@ def test_batch_errors(insp, packs):
 
 @pytest.fixture(scope="module")
 def sessions(tiny_bundle):
-    from runtime.bundle import load_bundle
+    from runtime.pipeline.bundle import load_bundle
 
     b = load_bundle(tiny_bundle)
     path, lay = b.path(b.manifest.llm), b.manifest.llm.layout
@@ -124,7 +125,10 @@ def sessions(tiny_bundle):
 
 def _llm_frames(n: int, d: int = 64) -> list[tuple]:
     rng = np.random.default_rng(n)
-    return [(rng.standard_normal((1, d)).astype(np.float32), rng.standard_normal((18, d)).astype(np.float32), QUESTIONS[i % 5]) for i in range(n)]
+    return [
+        (rng.standard_normal((1, d)).astype(np.float32), rng.standard_normal((18, d)).astype(np.float32), QUESTIONS[i % 5])
+        for i in range(n)
+    ]
 
 
 @pytest.mark.parametrize("single_batch", [True, False])

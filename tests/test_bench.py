@@ -8,11 +8,10 @@ from pathlib import Path
 
 import cv2
 import pytest
+from test_batch import _images
 
 from runtime.cli import main
-from runtime.multicam import CameraSlots
-
-from test_batch import _images
+from runtime.line.slots import CameraSlots
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,8 +30,21 @@ def _bench(capsys, *argv) -> dict:
 
 
 def test_bench_report(tiny_bundle, image_dir, capsys):
-    r = _bench(capsys, "--bundle", str(tiny_bundle), "--frames", "3", "--warmup", "1", "--cameras", "1,2", "--images", str(image_dir),
-               "--new-tokens", "4")
+    r = _bench(
+        capsys,
+        "--bundle",
+        str(tiny_bundle),
+        "--frames",
+        "3",
+        "--warmup",
+        "1",
+        "--cameras",
+        "1,2",
+        "--images",
+        str(image_dir),
+        "--new-tokens",
+        "4",
+    )
     assert r["source"] == str(image_dir) and r["product"] == "cookie" and r["frames"] == 3
     for mode in ("first_token", "answer"):
         m = r["ours"][mode]
@@ -49,12 +61,33 @@ def test_bench_report(tiny_bundle, image_dir, capsys):
 
 
 def test_bench_with_reference(tiny_bundle, tiny_ckpt, image_dir, capsys):
-    r = _bench(capsys, "--bundle", str(tiny_bundle), "--frames", "2", "--warmup", "1", "--cameras", "", "--images", str(image_dir),
-               "--new-tokens", "4", "--reference", str(tiny_ckpt))
+    r = _bench(
+        capsys,
+        "--bundle",
+        str(tiny_bundle),
+        "--frames",
+        "2",
+        "--warmup",
+        "1",
+        "--cameras",
+        "",
+        "--images",
+        str(image_dir),
+        "--new-tokens",
+        "4",
+        "--reference",
+        str(tiny_ckpt),
+    )
     ref = r["reference"]
-    assert {"preprocess", "encoder", "per_call", "map", "prompt", "llm", "llm_prefill", "total", "total_cached"} <= set(ref["stages"])
+    assert {"preprocess", "encoder", "per_call", "map", "prompt", "llm", "llm_prefill", "total", "total_cached"} <= set(
+        ref["stages"]
+    )
     assert ref["stages"]["total_cached"]["median_ms"] < ref["stages"]["total"]["median_ms"] and ref["peak_rss_mb"] > 0
-    assert r["ratios"]["reference answer as released / ours first_token"] > r["ratios"]["reference, product work cached / ours first_token"] > 0
+    assert (
+        r["ratios"]["reference answer as released / ours first_token"]
+        > r["ratios"]["reference, product work cached / ours first_token"]
+        > 0
+    )
     a = r["agreement"]
     assert a["frames"] == 2 and a["first_token_verdicts_equal"] == "2/2" and a["answers_equal"] == "2/2"
     assert a["first_token_p_max_abs_diff"] < 1e-2  # F32 GGUF, F16 KV cache: ~1e-4
@@ -65,8 +98,27 @@ def test_bench_reference_with_shots(tiny_bundle, tiny_ckpt, image_dir, capsys):
     """With normal shots the reference re-reads and re-encodes them for every frame, as released; its bank map
     must still be the one ours builds once (same verdicts and P(anomaly))."""
     shots = [str(image_dir / "1.png"), str(image_dir / "2.png")]
-    r = _bench(capsys, "--bundle", str(tiny_bundle), "--frames", "2", "--warmup", "0", "--cameras", "", "--images", str(image_dir),
-               "--modes", "first_token", "--new-tokens", "2", "--reference", str(tiny_ckpt), "--shots", *shots)
+    r = _bench(
+        capsys,
+        "--bundle",
+        str(tiny_bundle),
+        "--frames",
+        "2",
+        "--warmup",
+        "0",
+        "--cameras",
+        "",
+        "--images",
+        str(image_dir),
+        "--modes",
+        "first_token",
+        "--new-tokens",
+        "2",
+        "--reference",
+        str(tiny_ckpt),
+        "--shots",
+        *shots,
+    )
     assert r["bank"] is True
     assert r["agreement"]["first_token_verdicts_equal"] == "2/2" and r["agreement"]["first_token_p_max_abs_diff"] < 1e-2
     st = r["reference"]["stages"]

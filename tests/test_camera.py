@@ -14,8 +14,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 from _daemon_fakes import CountingSource, FlakySource, ScriptedSource
 
-from runtime.camera import Camera, FolderSource, Frame, FrameQueue, normalize_frame
-from runtime.config import CameraConfig
+from runtime.line.camera import Camera, FolderSource, Frame, FrameQueue, normalize_frame
+from runtime.line.config import CameraConfig
 
 
 def _cfg(**kw) -> CameraConfig:

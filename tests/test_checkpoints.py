@@ -46,9 +46,18 @@ def test_good_files_load(tmp_path, ib, agpt):
 @pytest.mark.parametrize(
     "mutate, words",
     [
-        (lambda s: s.pop("modality_trunks.vision.blocks.3.norm_2.bias"), "missing keys: modality_trunks.vision.blocks.3.norm_2.bias"),
-        (lambda s: s.__setitem__("modality_trunks.vision.blocks.0.attn.bias_k", torch.zeros(1)), "unexpected keys: modality_trunks.vision.blocks.0.attn.bias_k"),
-        (lambda s: s.__setitem__("modality_heads.vision.0.weight", torch.zeros(7)), "mis-shaped keys: modality_heads.vision.0.weight (7,)"),
+        (
+            lambda s: s.pop("modality_trunks.vision.blocks.3.norm_2.bias"),
+            "missing keys: modality_trunks.vision.blocks.3.norm_2.bias",
+        ),
+        (
+            lambda s: s.__setitem__("modality_trunks.vision.blocks.0.attn.bias_k", torch.zeros(1)),
+            "unexpected keys: modality_trunks.vision.blocks.0.attn.bias_k",
+        ),
+        (
+            lambda s: s.__setitem__("modality_heads.vision.0.weight", torch.zeros(7)),
+            "mis-shaped keys: modality_heads.vision.0.weight (7,)",
+        ),
     ],
 )
 def test_imagebind_accounting(tmp_path, ib, mutate, words):

@@ -36,11 +36,11 @@ from _daemon_fakes import (
     running,
 )
 
-from runtime.config import CameraConfig
-from runtime.control import request
-from runtime.daemon import Daemon
 from runtime.errors import AgptError
-from runtime.subscribe import ResultSubscriber
+from runtime.line.config import CameraConfig
+from runtime.line.control import request
+from runtime.line.daemon import Daemon
+from runtime.tools.subscribe import ResultSubscriber
 
 
 @pytest.fixture
@@ -70,7 +70,15 @@ def test_subscriber_receives_every_judged_frame(bundle):
     assert (h.product, h.prefix, h.line, h.station, h.camera) == ("widget", "line1.station3", "line1", "station3", "cam0")
     assert h.verdict is True and h.truth.label is True and h.locations == ["top left"] and h.judge == "llm-first_token"
     assert {"queue", "llm", "judge", "encode", "total"} <= set(h.latency_ms)
-    assert h.mask.frame_transform.model_dump() == {"height": 48, "width": 64, "resized_h": 224, "resized_w": 298, "top": 0, "left": 37, "size": 224}
+    assert h.mask.frame_transform.model_dump() == {
+        "height": 48,
+        "width": 64,
+        "resized_h": 224,
+        "resized_w": 298,
+        "top": 0,
+        "left": 37,
+        "size": 224,
+    }
     m = bag["results"][2].mask
     assert m.shape == (224, 224) and m[0, 0] == 255 and m[100, 100] == round(255 * 200 / 255)
     assert [e.kind for e in bag["events"]][-2:] == ["camera_end", "stopping"]
@@ -147,7 +155,12 @@ def _fuzz_requests(rng: random.Random, n: int, max_bytes: int) -> list[list[byte
             return rng.choice(bad_names + bad_paths + cmds)
         if kind in (5, 6):
             return [rand_value(depth + 1) for _ in range(rng.randint(0, 4))]
-        return {rand_value(depth + 1) if False else rng.choice(["cmd", "product", "name", "shots", "question", "frame_id", "id", "x"]): rand_value(depth + 1) for _ in range(rng.randint(0, 4))}
+        return {
+            rand_value(depth + 1)
+            if False
+            else rng.choice(["cmd", "product", "name", "shots", "question", "frame_id", "id", "x"]): rand_value(depth + 1)
+            for _ in range(rng.randint(0, 4))
+        }
 
     out = []
     for _ in range(n):
@@ -157,16 +170,28 @@ def _fuzz_requests(rng: random.Random, n: int, max_bytes: int) -> list[list[byte
         elif k == 1:
             body = json.dumps(rand_value()).encode()
         elif k == 2:
-            body = json.dumps({"cmd": rng.choice(cmds), **{rng.choice(["product", "name", "question", "frame_id", "shots", "id", "zzz"]): rand_value() for _ in range(rng.randint(0, 3))}}).encode()
+            body = json.dumps(
+                {
+                    "cmd": rng.choice(cmds),
+                    **{
+                        rng.choice(["product", "name", "question", "frame_id", "shots", "id", "zzz"]): rand_value()
+                        for _ in range(rng.randint(0, 3))
+                    },
+                }
+            ).encode()
         elif k == 3:
             body = json.dumps({"cmd": rand_value()}).encode()
         elif k == 4:
             body = json.dumps({"cmd": "swap_bank", "product": rng.choice(bad_names), "id": rng.randint(0, 99)}).encode()
         elif k == 5:
             shots = [rng.choice(bad_paths) for _ in range(rng.randint(0, 3))]
-            body = json.dumps({"cmd": "add_product", "name": rng.choice(bad_names + ["fuzz_ok"]), "description": "d", "shots": shots}).encode()
+            body = json.dumps(
+                {"cmd": "add_product", "name": rng.choice(bad_names + ["fuzz_ok"]), "description": "d", "shots": shots}
+            ).encode()
         elif k == 6:
-            body = json.dumps({"cmd": "ask", "question": rand_value(), "frame_id": rng.choice([None, -1, 0, 10**9, "1", 1.5])}).encode()
+            body = json.dumps(
+                {"cmd": "ask", "question": rand_value(), "frame_id": rng.choice([None, -1, 0, 10**9, "1", 1.5])}
+            ).encode()
         elif k == 7:  # big, but under the size limit
             body = json.dumps({"cmd": "status", "pad": "x" * rng.randint(1000, max_bytes - 100)}).encode()
         elif k == 8:  # truncated or bit-flipped valid requests
@@ -238,7 +263,7 @@ CORRUPT = {
 
 
 def _nan_pack(bundle: Path, name: str) -> None:
-    from runtime.bank import build_pack, write_pack
+    from runtime.pipeline.products import build_pack, write_pack
 
     p = build_pack(FakeInspector(), name, "", [np.zeros((20, 20, 3), np.uint8)])
     object.__setattr__(p, "bank", [np.full_like(b, np.nan) for b in p.bank])
@@ -246,7 +271,7 @@ def _nan_pack(bundle: Path, name: str) -> None:
 
 
 def _foreign_pack(bundle: Path, name: str) -> None:
-    from runtime.bank import build_pack, write_pack
+    from runtime.pipeline.products import build_pack, write_pack
 
     p = build_pack(FakeInspector(), name, "", [np.zeros((20, 20, 3), np.uint8)], encoder_sha256="0" * 64)
     write_pack(p, bundle / "products" / name / "pack.npz")
@@ -290,7 +315,16 @@ def test_add_product_ask_pause_resume(bundle, tmp_path):
     with running(cfg, FakeInspector(), CountingSource(period=0.002)) as d, ResultSubscriber(d.publish_endpoint, TOPICS) as sub:
         connected(sub)
         collect(sub, lambda b: len(b["results"]) >= 5)
-        r = ctl(d, {"cmd": "add_product", "name": "bolt", "description": "a bolt", "shots": ["ok0.png", str(shots / "ok1.png")], "activate": True})
+        r = ctl(
+            d,
+            {
+                "cmd": "add_product",
+                "name": "bolt",
+                "description": "a bolt",
+                "shots": ["ok0.png", str(shots / "ok1.png")],
+                "activate": True,
+            },
+        )
         assert r["ok"], r
         assert r["data"]["n_shots"] == 2 and r["data"]["changeover"]["product"] == "bolt"
         assert (bundle / "products" / "bolt" / "pack.npz").is_file() and d.pack.name == "bolt"
@@ -379,7 +413,10 @@ def test_non_finite_model_outputs_still_make_parseable_results(bundle):
             j.score, j.p_anomaly, j.map = float("nan"), float("inf"), np.full((224, 224), np.nan, np.float32)
             return j
 
-    with running(daemon_config(bundle), NanInspector(), CountingSource(period=0.005)) as d, ResultSubscriber(d.publish_endpoint, TOPICS) as sub:
+    with (
+        running(daemon_config(bundle), NanInspector(), CountingSource(period=0.005)) as d,
+        ResultSubscriber(d.publish_endpoint, TOPICS) as sub,
+    ):
         bag = collect(sub, lambda b: len(b["results"]) >= 3)
     m = bag["results"][0]
     assert m.header.score == 0.0 and m.header.p_anomaly is None and (m.mask == 0).all() and sub.malformed == 0
@@ -388,7 +425,10 @@ def test_non_finite_model_outputs_still_make_parseable_results(bundle):
 def test_camera_lost_and_back_events_through_the_daemon(bundle):
     cam = CameraConfig(kind="synthetic", source="t", reopen_backoff_s=0.01, reopen_backoff_max_s=0.05)
     src = FlakySource()
-    with running(daemon_config(bundle, camera=cam), FakeInspector(), src) as d, ResultSubscriber(d.publish_endpoint, TOPICS) as sub:
+    with (
+        running(daemon_config(bundle, camera=cam), FakeInspector(), src) as d,
+        ResultSubscriber(d.publish_endpoint, TOPICS) as sub,
+    ):
         connected(sub)
         collect(sub, lambda b: len(b["results"]) >= 5)
         src.down.set()
@@ -493,7 +533,9 @@ def test_slow_and_flapping_subscribers_never_stall_the_line(bundle):
         final = next(s for s in bag["statuses"] if s.final)
         assert final.results_published == 600
         lost = final.results_published - len(received)  # gaps and tail together
-        assert lost == good.lost.get("line1.station3.result", 0) + final.results_published - good.last_seq["line1.station3.result"]
+        assert (
+            lost == good.lost.get("line1.station3.result", 0) + final.results_published - good.last_seq["line1.station3.result"]
+        )
         assert received == sorted(set(received))
         n_slow = 0
         while (m := slow.recv(0.3)) is not None:
@@ -507,12 +549,24 @@ def test_slow_and_flapping_subscribers_never_stall_the_line(bundle):
 def test_subscribe_cli_prints_one_line_per_frame(bundle, tmp_path, capsys):
     import argparse
 
-    from runtime import subscribe
+    from runtime.tools import subscribe
 
     with running(daemon_config(bundle), FakeInspector(), CountingSource(period=0.003)) as d:
         p = argparse.ArgumentParser()
         subscribe.add_arguments(p)
-        args = p.parse_args([d.publish_endpoint, "--topic", "line1.station3.result", "--count", "5", "--save-masks", str(tmp_path / "m"), "--timeout", "10"])
+        args = p.parse_args(
+            [
+                d.publish_endpoint,
+                "--topic",
+                "line1.station3.result",
+                "--count",
+                "5",
+                "--save-masks",
+                str(tmp_path / "m"),
+                "--timeout",
+                "10",
+            ]
+        )
         assert subscribe.run(args) == 0
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 5 and all(line.startswith("frame") and "widget@" in line for line in out)
@@ -523,7 +577,7 @@ SIGTERM_SCRIPT = """
 import sys, threading
 sys.path.insert(0, {tests!r})
 from _daemon_fakes import CountingSource, FakeInspector, daemon_config
-from runtime.daemon import Daemon
+from runtime.line.daemon import Daemon
 from pathlib import Path
 cfg = daemon_config(Path({bundle!r}), publish={pub!r}, control={ctl!r}, sndhwm=1000)
 d = Daemon(cfg, inspector=FakeInspector(delay={delay}), source=CountingSource(period=0.002))
@@ -567,7 +621,7 @@ def test_sigterm_finishes_the_frame_and_publishes_a_final_status(bundle, tmp_pat
     active = bundle / "products" / ".active.json"
     if active.exists():  # the swap either committed completely or not at all
         assert json.loads(active.read_text())["product"] in ("widget", "gadget")
-    from runtime.bank import ProductStore
+    from runtime.pipeline.products import ProductStore
 
     store = ProductStore(bundle / "products", FakeInspector().pack_spec)
     assert store.load("widget") and store.load("gadget")
@@ -579,7 +633,7 @@ def test_frames_limit_and_the_run_cli(bundle, tmp_path, monkeypatch, capsys):
 
     import cv2
 
-    from runtime import daemon as daemon_mod
+    from runtime.line import daemon as daemon_mod
 
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -635,12 +689,12 @@ def _soak_setup(fake_bundle: Path, tmp_path: Path):
         pytest.fail(f"AGPT_SOAK_BUNDLE={kind!r}: only 'tiny' is known")
     from export.bundle_writer import export_bundle
     from export.tiny import make_tiny
-    from runtime.bank import ProductStore, build_pack
-    from runtime.blas import set_blas_threads
-    from runtime.config import BackendConfig
-    from runtime.inspector import Inspector
+    from runtime.line.config import BackendConfig
+    from runtime.pipeline.blas import set_blas_threads
+    from runtime.pipeline.inspector import Inspector
+    from runtime.pipeline.products import ProductStore, build_pack
 
-    quiet = lambda *_: None  # noqa: E731
+    quiet = lambda *_: None
     ckpt = make_tiny(tmp_path / "tiny_ckpt", seed=0, progress=quiet)
     bundle = export_bundle(ckpt, tmp_path / "tiny", products={"object": ""}, quant="Q8_0", progress=quiet)
     set_blas_threads(1)
@@ -653,7 +707,9 @@ def _soak_setup(fake_bundle: Path, tmp_path: Path):
     return insp, bundle
 
 
-@pytest.mark.skipif(not os.environ.get("AGPT_SOAK_FRAMES"), reason="soak run: set AGPT_SOAK_FRAMES=20000 (AGPT_SOAK_BUNDLE=tiny: real model)")
+@pytest.mark.skipif(
+    not os.environ.get("AGPT_SOAK_FRAMES"), reason="soak run: set AGPT_SOAK_FRAMES=20000 (AGPT_SOAK_BUNDLE=tiny: real model)"
+)
 def test_soak_memory_stays_flat(bundle, tmp_path):
     n = int(os.environ["AGPT_SOAK_FRAMES"])
     insp, soak_bundle = _soak_setup(bundle, tmp_path)
@@ -684,8 +740,10 @@ def test_soak_memory_stays_flat(bundle, tmp_path):
             d.shutdown()
     growth = (rss["end"] - rss["warm"]) / rss["warm"]
     label = "tiny bundle" if os.environ.get("AGPT_SOAK_BUNDLE") else "fake inspector"
-    print(f"soak ({label}): {d.judged} frames in {time.monotonic() - t0:.0f} s, {got} received, {swaps} swaps, "
-          f"RSS {rss['warm']} -> {rss['end']} KiB ({100 * growth:+.2f}%)")
+    print(
+        f"soak ({label}): {d.judged} frames in {time.monotonic() - t0:.0f} s, {got} received, {swaps} swaps, "
+        f"RSS {rss['warm']} -> {rss['end']} KiB ({100 * growth:+.2f}%)"
+    )
     assert d.judged == n and got + sum(sub.lost.values()) == n and growth < 0.05
 
 
@@ -698,7 +756,9 @@ def test_port_in_use_is_a_clear_error_not_a_hang(bundle, which):
     squatter.setsockopt(zmq.LINGER, 0)
     port = squatter.bind_to_random_port("tcp://127.0.0.1")
     try:
-        d = Daemon(daemon_config(bundle, **{which: f"tcp://127.0.0.1:{port}"}), inspector=FakeInspector(), source=CountingSource())
+        d = Daemon(
+            daemon_config(bundle, **{which: f"tcp://127.0.0.1:{port}"}), inspector=FakeInspector(), source=CountingSource()
+        )
         done = threading.Event()
         errors = []
 

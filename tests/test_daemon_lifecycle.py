@@ -16,9 +16,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _daemon_fakes import TOPICS, CountingSource, FakeInspector, daemon_config, make_bundle, run_to_end
+from _daemon_fakes import CountingSource, FakeInspector, daemon_config, make_bundle, run_to_end
 
-from runtime.daemon import Daemon
+from runtime.line.daemon import Daemon
 
 
 @pytest.fixture

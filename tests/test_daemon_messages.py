@@ -12,21 +12,21 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from runtime.config import CameraConfig, is_local_endpoint, load_config, parse_config
 from runtime.errors import AgptError
-from runtime.messages import (
+from runtime.line.config import CameraConfig, is_local_endpoint, load_config, parse_config
+from runtime.line.messages import (
     SUBSCRIBER_EXAMPLE,
     AddProductRequest,
     AskRequest,
-    ResultHeader,
-    RequestError,
-    Status,
     Drops,
+    RequestError,
+    ResultHeader,
+    Status,
     SwapBankRequest,
     parse_request,
     schema_markdown,
 )
-from runtime.subscribe import ResultSubscriber, StatusMessage, format_result, mask_to_frame
+from runtime.tools.subscribe import ResultSubscriber, StatusMessage, format_result, mask_to_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_example_config_loads_and_resolves_paths():
 
 
 def test_every_config_field_is_documented():
-    from runtime.config import BackendConfig, CurveConfig, DaemonConfig
+    from runtime.line.config import BackendConfig, CurveConfig, DaemonConfig
 
     for model in (DaemonConfig, CameraConfig, BackendConfig, CurveConfig):
         for name, f in model.model_fields.items():
@@ -97,7 +97,9 @@ def test_config_unreadable_and_not_yaml(tmp_path):
 
 
 def test_remote_control_needs_curve(tmp_path):
-    text = MINIMAL + "control: tcp://0.0.0.0:5556\ncurve: {server_secret_key: k/server.key_secret, authorized_clients: k/clients}\n"
+    text = (
+        MINIMAL + "control: tcp://0.0.0.0:5556\ncurve: {server_secret_key: k/server.key_secret, authorized_clients: k/clients}\n"
+    )
     cfg = load_config(_write(tmp_path, text))
     assert cfg.curve.server_secret_key == tmp_path / "k" / "server.key_secret"
     for ep, local in [("tcp://127.0.0.1:1", True), ("tcp://127.8.0.1:1", True), ("tcp://localhost:1", True),
@@ -189,8 +191,8 @@ def test_subscriber_counts_seq_gaps_and_ignores_resent_status():
 
 
 def test_mask_to_frame_undoes_the_crop():
-    from runtime.messages import FrameTransformInfo
-    from runtime.preprocess import plan
+    from runtime.line.messages import FrameTransformInfo
+    from runtime.pipeline.preprocess import plan
 
     t = plan(300, 400)  # landscape: resized 224x298, crop left 37
     info = FrameTransformInfo(**t.as_dict())
@@ -204,7 +206,7 @@ def test_mask_to_frame_undoes_the_crop():
 
 def test_docs_messages_md_is_generated_from_the_models():
     doc = (ROOT / "docs" / "messages.md").read_text()
-    assert doc == schema_markdown(), "regenerate: python -m runtime.messages > docs/messages.md"
+    assert doc == schema_markdown(), "regenerate: python -m runtime.line.messages > docs/messages.md"
     assert len(SUBSCRIBER_EXAMPLE.strip().splitlines()) <= 16
 
 
@@ -215,7 +217,9 @@ def test_subscriber_example_runs_against_a_publisher():
     ctx = zmq.Context()
     pub = ctx.socket(zmq.PUB)
     port = pub.bind_to_random_port("tcp://127.0.0.1")
-    code = SUBSCRIBER_EXAMPLE.replace("tcp://127.0.0.1:5555", f"tcp://127.0.0.1:{port}").replace("while True:", "for _ in range(1):")
+    code = SUBSCRIBER_EXAMPLE.replace("tcp://127.0.0.1:5555", f"tcp://127.0.0.1:{port}").replace(
+        "while True:", "for _ in range(1):"
+    )
     code = code.replace("ctx = zmq.Context()", "ctx = zmq.Context.instance()")
     import threading
     import time

@@ -17,10 +17,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _daemon_fakes import collect, final_seen
 
 from runtime.cli import main as agpt
-from runtime.config import load_config
-from runtime.control import request
-from runtime.daemon import Daemon
-from runtime.subscribe import ResultSubscriber
+from runtime.line.config import load_config
+from runtime.line.control import request
+from runtime.line.daemon import Daemon
+from runtime.tools.subscribe import ResultSubscriber
 
 
 def _images(folder: Path, n: int, seed: int, cookie: Path | None, split: str) -> Path:
@@ -52,7 +52,9 @@ def test_daemon_on_the_tiny_bundle(tiny_bundle, tmp_path, cookie_or_none, capsys
     shots = _images(tmp_path / "shots", 2, 2, cookie_or_none, "train")
 
     # offline pack, as a line engineer would build it
-    assert agpt(["bank", "build", "--bundle", str(bundle), "--product", "cookie_fs", "--description", "a cookie", str(shots)]) == 0
+    assert (
+        agpt(["bank", "build", "--bundle", str(bundle), "--product", "cookie_fs", "--description", "a cookie", str(shots)]) == 0
+    )
     assert "bank_id" in capsys.readouterr().out
 
     cfg_file = tmp_path / "line.yaml"

@@ -23,8 +23,13 @@ def _config(tmp_path: Path, name: str) -> Path:
 @pytest.mark.parametrize("name", ["demo.yaml", "demo-tiny.yaml"])
 def test_demo_runs_from_nothing(tmp_path, name):
     n = 12
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "demo", "--config", str(_config(tmp_path, name)), "--frames", str(n)],
-                       capture_output=True, text=True, timeout=600, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "demo", "--config", str(_config(tmp_path, name)), "--frames", str(n)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("frame ")]
     assert [int(ln.split()[1]) for ln in lines] == list(range(1, n + 1))  # every frame, in order, none lost

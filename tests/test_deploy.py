@@ -19,18 +19,19 @@ import sys
 import tempfile
 import threading
 import time
-import tomllib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import tomllib
 import zmq
 import zmq.auth
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from runtime import health, watchdog
+from runtime.line import watchdog
+from runtime.tools import health
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKERFILE = ROOT / "Dockerfile.jetson"
@@ -63,7 +64,9 @@ def _hadolint() -> str:
 def _lint(path: Path) -> tuple[int, list[dict]]:
     r = subprocess.run(
         [_hadolint(), "--config", str(HADOLINT_CONFIG), "--format", "json", str(path)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     return r.returncode, json.loads(r.stdout or "[]")
 
@@ -122,7 +125,8 @@ def test_dockerfile_builds_llama_cpp_with_cuda_for_orin_at_the_project_pin():
         assert flag in text
     assert "--no-binary llama-cpp-python" in text
     pinned = next(
-        Requirement(d) for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+        Requirement(d)
+        for d in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
         if canonicalize_name(Requirement(d).name) == "llama-cpp-python"
     )
     assert f"ARG LLAMA_CPP_PYTHON_VERSION={next(iter(pinned.specifier)).version}" in [f"{i} {a}" for i, a in _instructions()]
@@ -131,7 +135,7 @@ def test_dockerfile_builds_llama_cpp_with_cuda_for_orin_at_the_project_pin():
 def test_dockerfile_runtime_contract():
     ins = _instructions()
     runtime_stage = ins[[i for i, (k, a) in enumerate(ins) if k == "FROM"][-1] :]
-    get = lambda key: [a for k, a in runtime_stage if k == key]  # noqa: E731
+    get = lambda key: [a for k, a in runtime_stage if k == key]
     assert get("ENTRYPOINT") == ['["/usr/bin/tini", "--", "agpt", "run"]']
     assert get("CMD") == ['["--config", "/data/config.yaml"]']
     (hc,) = get("HEALTHCHECK")
@@ -145,11 +149,15 @@ def test_dockerfile_runtime_contract():
     assert "pip install --no-deps /src" in everything  # the project without its deps (no pip cv2/onnxruntime)
     assert "[export]" not in everything
     assert not re.search(r"(?<![\w-])opencv-python", everything), "pip's cv2 has no GStreamer"  # libopencv-python is JetPack's
-    assert "--index-url \"${ORT_INDEX_URL}\"" in everything and "ORT_INDEX_URL=https://pypi.jetson-ai-lab.io/jp6/cu126" in everything
+    assert (
+        '--index-url "${ORT_INDEX_URL}"' in everything and "ORT_INDEX_URL=https://pypi.jetson-ai-lab.io/jp6/cu126" in everything
+    )
 
 
 def test_dockerignore_keeps_what_the_dockerfile_copies():
-    allowed = {ln[1:].rstrip("/") for ln in (ROOT / "Dockerfile.jetson.dockerignore").read_text().splitlines() if ln.startswith("!")}
+    allowed = {
+        ln[1:].rstrip("/") for ln in (ROOT / "Dockerfile.jetson.dockerignore").read_text().splitlines() if ln.startswith("!")
+    }
     copied = set()
     for k, a in _instructions():
         if k == "COPY" and not a.startswith("--from"):
@@ -223,7 +231,9 @@ def test_jetson_check_defers_host_libraries_only_without_gpu(tmp_path, monkeypat
 
 
 def test_jetson_check_reports_failures_on_a_non_jetson_machine_without_crashing():
-    r = subprocess.run([sys.executable, str(ROOT / "deploy" / "jetson_check.py")], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "jetson_check.py")], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
     lines = r.stdout.splitlines()
     assert [ln.split()[1].rstrip(":") for ln in lines] == ["numpy", "cv2", "tensorrt", "onnxruntime", "runtime"]
     assert "ok    runtime: runtime package imports" in lines
@@ -235,7 +245,7 @@ def test_deploy_doc_config_examples_are_valid():
     """The YAML in docs/deploy.md: the first block is a whole Jetson config, later blocks overlay it."""
     import yaml
 
-    from runtime.config import is_local_endpoint, parse_config
+    from runtime.line.config import is_local_endpoint, parse_config
 
     blocks = re.findall(r"```yaml\n(.*?)```", (ROOT / "docs" / "deploy.md").read_text(), flags=re.DOTALL)
     assert len(blocks) >= 2
@@ -341,11 +351,13 @@ def test_health_ok_with_router_daemon_sends_exactly_status():
 
 def test_health_against_the_real_control_server():
     """The probe's envelope is the one runtime/control.py's ROUTER serves (not only our fake)."""
-    from runtime.control import ControlServer
-    from runtime.messages import Reply, StatusRequest
+    from runtime.line.control import ControlServer
+    from runtime.line.messages import Reply, StatusRequest
 
     ctx = zmq.Context()
-    server = ControlServer(ctx, "tcp://127.0.0.1:0", lambda req: Reply(ok=isinstance(req, StatusRequest), data={"product": "cookie"}))
+    server = ControlServer(
+        ctx, "tcp://127.0.0.1:0", lambda req: Reply(ok=isinstance(req, StatusRequest), data={"product": "cookie"})
+    )
     server.start()
     try:
         healthy, msg = health.check(server.endpoint, timeout=2)
@@ -437,8 +449,11 @@ def test_health_cli_exit_codes_and_env_default(monkeypatch, capsys):
 def test_health_module_runs_standalone():
     with fake_daemon(ok_status) as (endpoint, _):
         r = subprocess.run(
-            [sys.executable, "-m", "runtime.health", "--endpoint", endpoint, "--timeout", "2"],
-            capture_output=True, text=True, timeout=60, cwd=ROOT,
+            [sys.executable, "-m", "runtime.tools.health", "--endpoint", endpoint, "--timeout", "2"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
         )
     assert r.returncode == 0 and r.stdout.startswith("healthy"), r.stdout + r.stderr
 

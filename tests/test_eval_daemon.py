@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from eval_through_daemon import compare  # noqa: E402
+from eval_through_daemon import compare
 
 
 def test_daemon_gives_eval_numbers(cookie, lite_bundle):

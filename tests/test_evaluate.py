@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.calibrate import (
+from runtime.errors import AgptError
+from runtime.pipeline.calibrate import (
     AUG_MARGIN,
     LOO_MARGIN,
     augmented_views,
@@ -17,9 +18,8 @@ from runtime.calibrate import (
     distinct_shots,
     loo_scores,
 )
-from runtime.errors import AgptError
-from runtime.evaluate import auroc, markdown, list_samples
-from runtime.maps import bank_map
+from runtime.pipeline.maps import bank_map
+from runtime.tools.evaluate import auroc, list_samples, markdown
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "datasets"
@@ -150,8 +150,28 @@ def cookie_eval(tmp_path_factory, lite_bundle):
 
 def test_small_cookie_eval_runs_and_writes_reports(cookie_eval, capsys):
     bundle, out, main = cookie_eval
-    rc = main(["eval", "--bundle", str(bundle), "--data", str(DATA), "--category", "cookie", "--shots", "4", "--draws", "2",
-               "--max-images", "6", "--threads", "2", "--json", "--out", str(out)])
+    rc = main(
+        [
+            "eval",
+            "--bundle",
+            str(bundle),
+            "--data",
+            str(DATA),
+            "--category",
+            "cookie",
+            "--shots",
+            "4",
+            "--draws",
+            "2",
+            "--max-images",
+            "6",
+            "--threads",
+            "2",
+            "--json",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
     assert r["n_test"] == 6 and r["n_good"] == 3 and r["judge"] == ["calibrated-score"]
@@ -169,13 +189,13 @@ def test_small_cookie_eval_runs_and_writes_reports(cookie_eval, capsys):
 
 
 def test_thresholds_come_from_the_shots_not_the_test_set(cookie_eval):
-    from runtime.config import BackendConfig
-    from runtime.evaluate import evaluate
-    from runtime.inspector import Inspector
+    from runtime.line.config import BackendConfig
+    from runtime.pipeline.inspector import Inspector
+    from runtime.tools.evaluate import evaluate
 
     bundle, _, _ = cookie_eval
     insp = Inspector.from_config(bundle, BackendConfig(intra_op_threads=2))
-    quiet = lambda *_: None  # noqa: E731
+    quiet = lambda *_: None
     a = evaluate(bundle, DATA, "cookie", shots=3, draws=1, seed=4, max_images=2, inspector=insp, progress=quiet)
     b = evaluate(bundle, DATA, "cookie", shots=3, draws=1, seed=4, max_images=4, inspector=insp, progress=quiet)
     ta, tb = a["draw_results"][0], b["draw_results"][0]
@@ -183,9 +203,9 @@ def test_thresholds_come_from_the_shots_not_the_test_set(cookie_eval):
 
 
 def test_inspector_calibrates_a_single_shot(cookie_eval):
-    from runtime.bank import build_pack
-    from runtime.config import BackendConfig
-    from runtime.inspector import Inspector
+    from runtime.line.config import BackendConfig
+    from runtime.pipeline.inspector import Inspector
+    from runtime.pipeline.products import build_pack
 
     bundle, _, _ = cookie_eval
     insp = Inspector.from_config(bundle, BackendConfig(intra_op_threads=2))

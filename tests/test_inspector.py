@@ -2,14 +2,13 @@
 
 import numpy as np
 import pytest
+from conftest import COOKIE_DESCRIPTION
 
 from export.reference import Reference
-from runtime.bank import ProductPack, build_pack
 from runtime.errors import AgptError
-from runtime.inspector import Inspector
-from runtime.preprocess import load_image
-
-from conftest import COOKIE_DESCRIPTION
+from runtime.pipeline.inspector import Inspector
+from runtime.pipeline.preprocess import load_image
+from runtime.pipeline.products import ProductPack, build_pack
 
 N_TOKENS = 16  # random weights never say '##': cap both sides at the length of a real answer
 

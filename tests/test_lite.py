@@ -17,9 +17,8 @@ from export.modeling.efficientnet_lite import (  # noqa: E402
     package_weights_path,
     rename_key,
 )
-from runtime.bundle import load_bundle  # noqa: E402
 from runtime.errors import AgptError  # noqa: E402
-
+from runtime.pipeline.bundle import load_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +84,11 @@ def test_bundle_is_valid_and_self_describing(lite_bundle):
     m = b.manifest
     assert m.kind == "lite" and m.llm is None and set(m.components) == {"encoder"}
     assert m.encoder.family == "efficientnet-lite0" and m.encoder.embed_dim is None
-    assert [(t.name, tuple(t.grid), t.width) for t in m.encoder.taps] == [("tap0", (28, 28), 40), ("tap1", (14, 14), 80), ("tap2", (14, 14), 112)]
+    assert [(t.name, tuple(t.grid), t.width) for t in m.encoder.taps] == [
+        ("tap0", (28, 28), 40),
+        ("tap1", (14, 14), 80),
+        ("tap2", (14, 14), 112),
+    ]
     assert m.preprocess.resize == "squash" and m.preprocess.mean == pytest.approx(LITE_MEAN)
     enc = m.components["encoder"]
     assert [s.name for s in enc.inputs] == ["image"] and [s.name for s in enc.outputs] == ["tap0", "tap1", "tap2"]

@@ -13,15 +13,25 @@ import torch
 
 from export.checkpoints import PANDAGPT, VICUNA, load_pandagpt
 from export.llm_export import (
-    add_arguments, build_reference_llm, export_llm, load_vicuna, make_layout, reference_greedy,
-    reference_inputs_embeds, reference_text, run, segment_ids,
+    add_arguments,
+    build_reference_llm,
+    export_llm,
+    load_vicuna,
+    make_layout,
+    reference_greedy,
+    reference_inputs_embeds,
+    reference_text,
+    run,
+    segment_ids,
 )
 from export.tiny_llm import corpus, train_tokenizer, write_tiny_pandagpt, write_tiny_vicuna
 from runtime.errors import AgptError
-from runtime.llm import FrameContext, LlmSession, gguf_tokenize
-from runtime.prompt import SEGMENT_BEFORE, SEGMENT_MIDDLE, product_question, question_text
+from runtime.pipeline.llm import FrameContext, LlmSession, gguf_tokenize
+from runtime.pipeline.prompt import SEGMENT_BEFORE, SEGMENT_MIDDLE, product_question, question_text
 
-QUESTION = product_question("This is a photo of a cookie for anomaly detection, which should be round, without any crack or hole.")
+QUESTION = product_question(
+    "This is a photo of a cookie for anomaly detection, which should be round, without any crack or hole."
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +112,9 @@ def test_layout_from_tokenizer(ref):
 def test_llama_cpp_tokenizer_equals_sentencepiece(ref, session, f32):
     _, sp, _ = ref
     texts = [
-        SEGMENT_BEFORE, SEGMENT_MIDDLE, question_text(QUESTION),
+        SEGMENT_BEFORE,
+        SEGMENT_MIDDLE,
+        question_text(QUESTION),
         question_text("Where is it?", [(QUESTION, "Yes, there is an anomaly in the image, at the top left of the image.")]),
         "  two leading spaces, digits 2024 and 0.5, tabs\tand naïve café ✓ \n\n",
         "<s> </s> <unk> <pad> are plain text here",
@@ -278,7 +290,10 @@ def test_q8_0_export_via_cli_loads_and_agrees(parts, f32, tmp_path):
     assert info["quant"] == "Q8_0" and info["sha256"] == hashlib.sha256(gguf.read_bytes()).hexdigest()
     assert gguf.stat().st_size < f32[1].stat().st_size / 2 and not list(out.glob("*.tmp"))
     img, p_rows = _frame(9)
-    with LlmSession(gguf, f32[0].layout, n_ctx=256, n_threads=2) as s, LlmSession(f32[1], f32[0].layout, n_ctx=256, n_threads=2, kv_f32=True) as r:
+    with (
+        LlmSession(gguf, f32[0].layout, n_ctx=256, n_threads=2) as s,
+        LlmSession(f32[1], f32[0].layout, n_ctx=256, n_threads=2, kv_f32=True) as r,
+    ):
         assert np.abs(s.logits_all(img, p_rows, QUESTION) - r.logits_all(img, p_rows, QUESTION)).max() < 0.5
 
 
@@ -295,7 +310,7 @@ def test_export_refuses_mismatched_delta(parts, tmp_path):
 
 
 def test_token_table_is_llama_cpps_embedding(ref, f32):
-    from runtime.gguf_tokens import GGML_F32, read_token_embeddings
+    from runtime.pipeline.gguf_tokens import GGML_F32, read_token_embeddings
 
     model, _, lay = ref
     table = read_token_embeddings(f32[1])
@@ -307,7 +322,7 @@ def test_token_table_is_llama_cpps_embedding(ref, f32):
 
 @pytest.mark.parametrize("quant", ["F32", "Q4_K_M"])
 def test_one_batch_frame_equals_four_decodes(parts, f32, tmp_path, quant):
-    from runtime.gguf_tokens import GGML_Q8_0, read_token_embeddings
+    from runtime.pipeline.gguf_tokens import GGML_Q8_0, read_token_embeddings
 
     if quant == "F32":
         path, kv32 = f32[1], True
@@ -317,8 +332,10 @@ def test_one_batch_frame_equals_four_decodes(parts, f32, tmp_path, quant):
         assert read_token_embeddings(path).ggml_type == GGML_Q8_0  # kept Q8_0 by the export for this lookup
     img, p = _frame(10)
     lay = f32[0].layout
-    with LlmSession(path, lay, n_ctx=256, n_threads=2, kv_f32=kv32) as one, \
-         LlmSession(path, lay, n_ctx=256, n_threads=2, kv_f32=kv32, single_batch=False) as four:
+    with (
+        LlmSession(path, lay, n_ctx=256, n_threads=2, kv_f32=kv32) as one,
+        LlmSession(path, lay, n_ctx=256, n_threads=2, kv_f32=kv32, single_batch=False) as four,
+    ):
         assert one.single_batch and not four.single_batch
         a, b = one.logits_all(img, p, QUESTION), four.logits_all(img, p, QUESTION)
         assert np.abs(a - b).max() <= 1e-5  # quantised weights: exactly 0 (ggml quantises activations per row)

@@ -3,8 +3,8 @@
 import numpy as np
 import sentencepiece as spm
 
-from runtime.bundle import load_bundle
-from runtime.llm import SP_REPLACE, LlmSession
+from runtime.pipeline.bundle import load_bundle
+from runtime.pipeline.llm import SP_REPLACE, LlmSession
 
 
 def test_invalid_utf8_is_replaced_per_byte():

@@ -5,8 +5,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from runtime.errors import AgptError
-from runtime.maps import bank_map, peak_location, upsample
-from runtime.preprocess import map_to_frame, mask_to_model, normalise, plan, preprocess
+from runtime.pipeline.maps import bank_map, peak_location, upsample
+from runtime.pipeline.preprocess import map_to_frame, mask_to_model, normalise, plan, preprocess
 
 
 def test_upsample_is_torch_bilinear_align_corners():
@@ -67,15 +67,18 @@ def test_preprocess_is_pil_bicubic_crop_and_clip_norm():
     assert np.abs(x - ((crop - mean) / std).transpose(2, 0, 1)).max() < 1e-6
 
 
-@pytest.mark.parametrize("mean,std", [((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
-                                      ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))])
+@pytest.mark.parametrize(
+    "mean,std", [((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+)
 def test_normalise_table_is_bit_exact(mean, std):
     """The lookup table must give the very bits of ToTensor + Normalize in float32, for either channel order."""
     img = np.random.default_rng(1).integers(0, 256, size=(224, 224, 3), dtype=np.uint8)
     img.reshape(-1)[:768] = np.repeat(np.arange(256, dtype=np.uint8), 3)  # every value in every channel
     for bgr in (False, True):
         rgb = img[:, :, ::-1] if bgr else img
-        want = ((rgb.astype(np.float32) / np.float32(255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)).transpose(2, 0, 1)
+        want = (
+            (rgb.astype(np.float32) / np.float32(255) - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        ).transpose(2, 0, 1)
         got = normalise(img, mean, std, bgr)
         assert got.dtype == np.float32 and got.flags.c_contiguous and np.array_equal(got, want)
 

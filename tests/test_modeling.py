@@ -36,6 +36,7 @@ def tiny_parts(tmp_path_factory):
 
 # ---------------------------------------------------------------- vision tower
 
+
 def test_conv2d_stem_equals_conv3d_on_repeated_frames():
     g = torch.Generator().manual_seed(0)
     w3d = torch.randn(8, 3, 2, 14, 14, generator=g)
@@ -70,15 +71,27 @@ def _reference_vision(v: dict[str, torch.Tensor], x: torch.Tensor, heads: int, t
     D = w3d.shape[0]
     t = F.conv3d(x[:, :, None].repeat(1, 1, 2, 1, 1), w3d, stride=(2, 14, 14)).flatten(2).transpose(1, 2)
     t = torch.cat([v[P + "cls_token"].expand(x.shape[0], -1, -1), t], 1) + v[P + "pos_embedding_helper.pos_embed"]
-    t = F.layer_norm(t, (D,), v["modality_trunks.vision.pre_transformer_layer.0.weight"], v["modality_trunks.vision.pre_transformer_layer.0.bias"], 1e-6)
+    t = F.layer_norm(
+        t,
+        (D,),
+        v["modality_trunks.vision.pre_transformer_layer.0.weight"],
+        v["modality_trunks.vision.pre_transformer_layer.0.bias"],
+        1e-6,
+    )
     t = t.transpose(0, 1)  # (L,B,D)
     taps = []
     depth = len({k.split(".")[3] for k in v if k.startswith(T)})
     for i in range(depth):
-        b = lambda n: v[f"{T}{i}.{n}"]  # noqa: E731
+        b = lambda n, i=i: v[f"{T}{i}.{n}"]
         mha = torch.nn.MultiheadAttention(D, heads)
-        mha.load_state_dict({"in_proj_weight": b("attn.in_proj_weight"), "in_proj_bias": b("attn.in_proj_bias"),
-                             "out_proj.weight": b("attn.out_proj.weight"), "out_proj.bias": b("attn.out_proj.bias")})
+        mha.load_state_dict(
+            {
+                "in_proj_weight": b("attn.in_proj_weight"),
+                "in_proj_bias": b("attn.in_proj_bias"),
+                "out_proj.weight": b("attn.out_proj.weight"),
+                "out_proj.bias": b("attn.out_proj.bias"),
+            }
+        )
         h = F.layer_norm(t, (D,), b("norm_1.weight"), b("norm_1.bias"), 1e-6)
         t = t + mha(h, h, h, need_weights=False)[0]
         h = F.layer_norm(t, (D,), b("norm_2.weight"), b("norm_2.bias"), 1e-6)
@@ -115,6 +128,7 @@ def test_sizes_and_heads_rule():
 
 
 # ---------------------------------------------------------------- text tower and prompts
+
 
 def test_text_tower_takes_eot_row_and_is_causal(tiny_parts):
     ib, _ = tiny_parts
@@ -157,6 +171,7 @@ def test_clip_tokenizer_ids():
 
 
 # ---------------------------------------------------------------- maps
+
 
 def _identity_decoder(e: int) -> Decoder:
     d = Decoder([e] * 4, e)
@@ -219,7 +234,7 @@ def test_fewshot_map_hand_checked():
 
 
 def test_fewshot_torch_matches_runtime_numpy():
-    from runtime.maps import bank_map as np_bank_map
+    from runtime.pipeline.maps import bank_map as np_bank_map
 
     g = torch.Generator().manual_seed(0)
     q = [torch.randn(1, 256, 16, generator=g) for _ in range(4)]
@@ -230,6 +245,7 @@ def test_fewshot_torch_matches_runtime_numpy():
 
 
 # ---------------------------------------------------------------- prompt learner, llama_proj
+
 
 def test_prompt_learner_shapes_and_order(tiny_parts):
     _, agpt = tiny_parts

@@ -31,12 +31,12 @@ from _daemon_fakes import (
     running,
 )
 
-from runtime.bank import ProductStore, build_pack
-from runtime.config import CameraConfig, load_config, parse_config
-from runtime.control import request
-from runtime.daemon import Daemon
 from runtime.errors import AgptError
-from runtime.subscribe import ResultSubscriber
+from runtime.line.config import CameraConfig, load_config, parse_config
+from runtime.line.control import request
+from runtime.line.daemon import Daemon
+from runtime.pipeline.products import ProductStore, build_pack
+from runtime.tools.subscribe import ResultSubscriber
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,10 @@ def test_swap_for_one_camera_leaves_the_others(bundle):
             assert not bad["ok"] and "no camera 'zz'" in bad["error"]
             one = ctl(d, {"cmd": "swap_bank", "product": "gadget", "camera": "b", "id": 1})
             assert one["ok"], one
-            assert set(one["data"]["cameras"]) == {"b"} and one["data"]["previous"] == {"product": "widget", "bank_id": bank["widget"]}
+            assert set(one["data"]["cameras"]) == {"b"} and one["data"]["previous"] == {
+                "product": "widget",
+                "bank_id": bank["widget"],
+            }
             mid = collect(sub, lambda b: len(b["results"]) >= 60)
             st = ctl(d, {"cmd": "status"})["data"]
             assert [(c["name"], c["product"]) for c in st["cameras"]] == [("a", "widget"), ("b", "gadget"), ("c", "bolt")]
@@ -246,7 +249,11 @@ def test_one_camera_prepares_on_its_thread(bundle):
     insp = PreparingInspector(delay=0.001)
     d, bag = run_to_end(cfg, insp, sources={"a": SpecialSource({4: 9}, n=12)})
     assert not d.multi and [h.header.frame_id for h in bag["results"]] == [i for i in range(1, 13) if i != 4]
-    assert [(e.detail["frame_id"], "fake preprocessing failure" in e.detail["error"]) for e in bag["events"] if e.kind == "judge_error"] == [(4, True)]
+    assert [
+        (e.detail["frame_id"], "fake preprocessing failure" in e.detail["error"])
+        for e in bag["events"]
+        if e.kind == "judge_error"
+    ] == [(4, True)]
     assert insp.prepared_on and "inspect" not in insp.prepared_on  # never on the inspection loop's thread
     final = next(s for s in bag["statuses"] if s.final)
     assert final.drops.failed == 1 and final.frames_judged == 11
@@ -379,7 +386,10 @@ def test_config_errors(tmp_path, text, fragment):
 
 def test_config_cameras_paths_and_products(tmp_path):
     f = tmp_path / "line.yaml"
-    f.write_text(BASE + "cameras:\n  - {name: left, kind: folder, source: imgs}\n  - {name: right, kind: file, source: v.mp4, product: tiles}\n")
+    f.write_text(
+        BASE
+        + "cameras:\n  - {name: left, kind: folder, source: imgs}\n  - {name: right, kind: file, source: v.mp4, product: tiles}\n"
+    )
     cfg = load_config(f)
     assert cfg.camera is None and [c.name for c in cfg.camera_list] == ["left", "right"]
     assert [c.source for c in cfg.cameras] == [str(tmp_path / "imgs"), str(tmp_path / "v.mp4")]
@@ -477,7 +487,7 @@ def test_two_cameras_on_the_tiny_bundle(tiny_bundle, tmp_path):
 
 def test_backend_blas_threads(bundle):
     """backend.blas_threads reaches numpy's OpenBLAS (when numpy uses one), and the daemon runs with it."""
-    from runtime.blas import get_blas_threads, set_blas_threads
+    from runtime.pipeline.blas import get_blas_threads, set_blas_threads
 
     before = get_blas_threads()
     cfg = daemon_config(bundle, backend={"blas_threads": 1})

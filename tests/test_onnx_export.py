@@ -1,7 +1,7 @@
 """The exported graphs against the torch modules they came from, and the bundle's refusals.
 
 A tiny bundle (vision width 64, depth 8; text width 32) is exported once per module from random
-checkpoints written in the official formats; the ONNX graphs run through runtime.vision.VisionEngines.
+checkpoints written in the official formats; the ONNX graphs run through runtime.pipeline.vision.VisionEngines.
 """
 
 from __future__ import annotations
@@ -18,10 +18,10 @@ from export.modeling.decoder import decoder_map
 from export.modeling.fewshot import bank_from_shots
 from export.modeling.fewshot import bank_map as torch_bank_map
 from export.vision_modules import CheckpointPaths, load_vision_modules
-from runtime.bundle import BundleManifest, load_bundle, sha256_file
 from runtime.errors import AgptError
-from runtime.maps import bank_map, peak_location
-from runtime.vision import VisionEngines
+from runtime.pipeline.bundle import BundleManifest, load_bundle, sha256_file
+from runtime.pipeline.maps import bank_map, peak_location
+from runtime.pipeline.vision import VisionEngines
 
 torch.set_num_threads(1)
 TOL = 1e-4
@@ -109,10 +109,12 @@ def test_text_encoder_matches_torch(engines, mods):
 
 def test_fp16_graphs_keep_the_peak_cell(mods, tmp_path):
     from export.onnx_export import export_encoder, export_prompt
-    from runtime.backends import open_engine
+    from runtime.pipeline.engines import open_engine
 
     enc = open_engine(export_encoder(mods.vision, tmp_path / "encoder.onnx", "fp16", progress=lambda *_: None).path, threads=1)
-    pr = open_engine(export_prompt(mods.learner, mods.proj, tmp_path / "prompt.onnx", "fp16", progress=lambda *_: None).path, threads=1)
+    pr = open_engine(
+        export_prompt(mods.learner, mods.proj, tmp_path / "prompt.onnx", "fp16", progress=lambda *_: None).path, threads=1
+    )
     x, shots = _images(2, seed=3), _images(2, seed=11)
     with torch.no_grad():
         emb_t, taps_t = mods.vision(torch.from_numpy(x))
@@ -195,7 +197,7 @@ def test_runtime_never_imports_torch():
     import subprocess
     import sys
 
-    code = "import sys, runtime.vision, runtime.backends.onnxruntime, runtime.backends.tensorrt; sys.exit('torch' in sys.modules)"
+    code = "import sys, runtime.pipeline.vision, runtime.pipeline.engines.onnxruntime, runtime.pipeline.engines.tensorrt; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
 
 
@@ -215,8 +217,22 @@ def test_verify_report(bundle_dir, ckpt, tmp_path, capsys):
 
     p = argparse.ArgumentParser()
     add_arguments(p)
-    args = p.parse_args([str(bundle_dir), "--ckpt-dir", str(ckpt), "--images", *map(str, files[:2]), "--shots", str(files[2]),
-                         "--product", "cookie", "--threads", "1", "--json"])
+    args = p.parse_args(
+        [
+            str(bundle_dir),
+            "--ckpt-dir",
+            str(ckpt),
+            "--images",
+            *map(str, files[:2]),
+            "--shots",
+            str(files[2]),
+            "--product",
+            "cookie",
+            "--threads",
+            "1",
+            "--json",
+        ]
+    )
     assert run(args) == 0
     r = json.loads(capsys.readouterr().out)
     assert r["ok"] and r["images"] == 2 and r["shots"] == 1
@@ -228,8 +244,8 @@ def test_verify_report(bundle_dir, ckpt, tmp_path, capsys):
 def test_backend_guards(bundle_dir, tmp_path):
     import importlib.util
 
-    from runtime.backends import open_engine
-    from runtime.backends.onnxruntime import resolve_providers
+    from runtime.pipeline.engines import open_engine
+    from runtime.pipeline.engines.onnxruntime import resolve_providers
 
     if importlib.util.find_spec("tensorrt") is None:
         f = tmp_path / "x.engine"

@@ -1,6 +1,6 @@
 import pytest
 
-from runtime.prompt import ALL_POSITIONS, POSITIONS, cell_position, parse_answer, product_question, question_text
+from runtime.pipeline.prompt import ALL_POSITIONS, POSITIONS, cell_position, parse_answer, product_question, question_text
 
 
 @pytest.mark.parametrize("pos", ALL_POSITIONS)

@@ -57,14 +57,36 @@ def test_answer_text_drops_the_stop_pair(ref):
 
 def test_cli_reference(tiny_ckpt, cookie):
     img = sorted((cookie / "test" / "cracked").glob("*.png"))[0]
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "export", "reference", "--ckpt-dir", str(tiny_ckpt), "--image", str(img),
-                        "--product", "cookie", "--max-new-tokens", "4"], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "runtime.cli",
+            "export",
+            "reference",
+            "--ckpt-dir",
+            str(tiny_ckpt),
+            "--image",
+            str(img),
+            "--product",
+            "cookie",
+            "--max-new-tokens",
+            "4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "p_anomaly(first token)" in r.stdout and "map:" in r.stdout
 
 
 def test_cli_user_errors_are_one_line(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "runtime.cli", "export", "reference", "--ckpt-dir", str(tmp_path), "--image", "x.png"],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "runtime.cli", "export", "reference", "--ckpt-dir", str(tmp_path), "--image", "x.png"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert r.stderr.startswith("agpt: error: ") and "imagebind_huge.pth: no such file" in r.stderr and "Traceback" not in r.stderr

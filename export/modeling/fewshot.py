@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .decoder import _grid
-from .transformer import l2_normalise
+from export.modeling.decoder import _grid
+from export.modeling.transformer import l2_normalise
 
 
 def bank_from_shots(shot_taps: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -19,7 +19,9 @@ def bank_from_shots(shot_taps: list[torch.Tensor]) -> list[torch.Tensor]:
     return [t.reshape(-1, t.shape[-1]) for t in shot_taps]
 
 
-def bank_map(query_taps: list[torch.Tensor], bank: list[torch.Tensor], size: int = 224, normalised_bank: bool = False) -> torch.Tensor:
+def bank_map(
+    query_taps: list[torch.Tensor], bank: list[torch.Tensor], size: int = 224, normalised_bank: bool = False
+) -> torch.Tensor:
     """query taps [(B,N,W)], bank [(M,W)] (already L2-normalised per row when normalised_bank) -> M_fs (B,1,size,size)."""
     sims = []
     for q, b in zip(query_taps, bank):

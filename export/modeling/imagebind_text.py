@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from export.modeling.transformer import LN_EPS, Block, count_blocks, heads_for_width, l2_normalise, strip
 from runtime.errors import AgptError
-
-from .transformer import LN_EPS, Block, count_blocks, heads_for_width, l2_normalise, strip
 
 PRE = "modality_preprocessors.text."
 TRUNK = "modality_trunks.text."
@@ -55,7 +54,7 @@ class ImageBindText(nn.Module):
         return l2_normalise(self.head(x))
 
     @classmethod
-    def from_state(cls, text: dict[str, torch.Tensor], heads: int | None = None) -> "ImageBindText":
+    def from_state(cls, text: dict[str, torch.Tensor], heads: int | None = None) -> ImageBindText:
         """Build from the checkpoint's text keys (full names, as export.checkpoints.ImageBindParts.text)."""
         vocab, width = text[PRE + "token_embedding.weight"].shape
         context = text[PRE + "pos_embed"].shape[1]

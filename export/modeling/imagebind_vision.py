@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .transformer import LN_EPS, Block, count_blocks, heads_for_width, l2_normalise, strip
+from export.modeling.transformer import LN_EPS, Block, count_blocks, heads_for_width, l2_normalise, strip
 
 PRE = "modality_preprocessors.vision."
 TRUNK = "modality_trunks.vision."
@@ -34,12 +34,21 @@ def stem_weight_2d(w3d: torch.Tensor) -> torch.Tensor:
 
 
 class ImageBindVision(nn.Module):
-    def __init__(self, width: int, depth: int, heads: int, mlp: int, embed: int, patch: int = 14, n_pos: int = 257,
-                 tap_layers: list[int] | None = None):
+    def __init__(
+        self,
+        width: int,
+        depth: int,
+        heads: int,
+        mlp: int,
+        embed: int,
+        patch: int = 14,
+        n_pos: int = 257,
+        tap_layers: list[int] | None = None,
+    ):
         super().__init__()
         self.width, self.depth, self.heads, self.embed, self.patch = width, depth, heads, embed, patch
         self.grid = int(round((n_pos - 1) ** 0.5))
-        if self.grid ** 2 != n_pos - 1:
+        if self.grid**2 != n_pos - 1:
             raise ValueError(f"pos_embed has {n_pos} positions: not 1 + a square grid")
         self.image_size = self.grid * patch
         self.tap_layers = list(tap_layers if tap_layers is not None else default_tap_layers(depth))
@@ -68,7 +77,9 @@ class ImageBindVision(nn.Module):
         return l2_normalise(emb), taps
 
     @classmethod
-    def from_state(cls, vision: dict[str, torch.Tensor], heads: int | None = None, tap_layers: list[int] | None = None) -> "ImageBindVision":
+    def from_state(
+        cls, vision: dict[str, torch.Tensor], heads: int | None = None, tap_layers: list[int] | None = None
+    ) -> ImageBindVision:
         """Build from the checkpoint's vision keys (full names, as export.checkpoints.ImageBindParts.vision).
 
         Every size comes from tensor shapes; the head count is not stored, see heads_for_width.

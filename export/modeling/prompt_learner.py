@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checkpoints import PROMPT_CONVS
-
+from export.checkpoints import PROMPT_CONVS
 
 
 class PromptLearner(nn.Module):
@@ -35,7 +34,7 @@ class PromptLearner(nn.Module):
         return torch.cat([self.base_prompts.expand(B, -1, -1), cells], dim=1)
 
     @classmethod
-    def from_state(cls, pl: dict[str, torch.Tensor]) -> "PromptLearner":
+    def from_state(cls, pl: dict[str, torch.Tensor]) -> PromptLearner:
         """From AnomalyGptDelta.prompt_learner ({'base_prompts', 'meta_net.{i}.weight/bias'})."""
         ws = [pl[f"meta_net.{i}.weight"] for i in PROMPT_CONVS]
         channels = [ws[0].shape[1]] + [w.shape[0] for w in ws]
@@ -51,7 +50,7 @@ class LlamaProj(nn.Linear):
         return super().forward(emb)[:, None, :]
 
     @classmethod
-    def from_weights(cls, weight: torch.Tensor, bias: torch.Tensor) -> "LlamaProj":
+    def from_weights(cls, weight: torch.Tensor, bias: torch.Tensor) -> LlamaProj:
         m = cls(weight.shape[1], weight.shape[0])
         m.load_state_dict({"weight": weight.float(), "bias": bias.float()}, strict=True)
         return m.eval()

@@ -38,7 +38,7 @@ def text_features(text_model, product_name: str | None) -> np.ndarray:
     """(2,E) float32 [normal, abnormal] from a torch text tower (export.modeling.imagebind_text.ImageBindText)."""
     import torch
 
-    from .clip_tokenizer import tokenize
+    from export.modeling.clip_tokenizer import tokenize
 
     normal, abnormal = class_sentences(product_name)
     tokens = torch.from_numpy(tokenize(normal + abnormal, context=text_model.context))

@@ -85,9 +85,9 @@ def l2_normalise(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
 
 
 def strip(state: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
-    ids = {int(k[len(prefix):].split(".", 1)[0]) for k in state if k.startswith(prefix)}
+    ids = {int(k[len(prefix) :].split(".", 1)[0]) for k in state if k.startswith(prefix)}
     return max(ids) + 1 if ids else 0

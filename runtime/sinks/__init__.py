@@ -1,0 +1,1 @@
+"""Where results go besides the ZeroMQ publisher: each sink a small class behind one interface (base.Sink)."""
