@@ -144,7 +144,7 @@ def camera_run(args, shape, n_cams: int) -> dict:
         "subscriber_lost": lost,
         "cpu_ms_per_frame": cpu_s * 1e3 / (len(window) - 1),
         "cores_busy": cpu_s / wall,
-        "drops": d._drops().model_dump(),
+        "drops": d.drops().model_dump(),
     }  # fmt: skip
 
 
@@ -290,7 +290,7 @@ def main() -> int:
             total.append(m.header.latency_ms["total"])
     stop.set()
     th.join()
-    drops = d._drops()
+    drops = d.drops()
     d.shutdown()
     sub.close()
 

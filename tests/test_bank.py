@@ -187,13 +187,25 @@ def test_lite_spec_needs_a_bank_and_manifest_products(tmp_path):
 
 
 def test_active_product_record(store):
-    assert store.active_entry() is None
-    store.set_active("widget", "abc", base="gadget")
-    e = store.active_entry()
+    assert store.active_entry("cam") is None
+    store.set_active("widget", "abc", cameras={"cam": "gadget"})
+    e = store.active_entry("cam")
     assert e["product"] == "widget" and e["base"] == "gadget"
+    assert store.active_entry("other") is None
     (store.root / bank.ACTIVE_FILE).write_text('{"product": "../x"}')
-    assert store.active_entry() is None
+    assert store.active_entry("cam") is None
     assert "widget" in store.names()  # .active.json is not a product
+
+
+def test_active_record_of_an_old_one_camera_daemon_still_reads(store):
+    import json
+
+    store.root.mkdir(parents=True, exist_ok=True)
+    (store.root / bank.ACTIVE_FILE).write_text('{"product": "widget", "bank_id": "abc", "base": "gadget", "time": 1.0}')
+    assert store.active_entry("camera")["product"] == "widget"  # the top-level entry stands for any camera
+    store.set_active("bolt", "def", cameras={"camera": "gadget"})
+    written = json.loads((store.root / bank.ACTIVE_FILE).read_text())
+    assert list(written) == ["cameras"] and written["cameras"]["camera"]["product"] == "bolt"  # one format from now on
 
 
 def test_write_pack_replaces_atomically(tmp_path):

@@ -131,7 +131,8 @@ def test_bank_swap_mid_stream(bundle):
     ev = [e for e in bag["events"] if e.kind == "changeover"]
     assert len(ev) == 1 and ev[0].detail["after_frame_id"] == boundary
     assert info["load_ms"] >= 0 and info["swap_wait_ms"] >= 0
-    assert json.loads((bundle / "products" / ".active.json").read_text())["product"] == "gadget"
+    active = json.loads((bundle / "products" / ".active.json").read_text())["cameras"]  # one format, per camera
+    assert active[d.lanes[0].name]["product"] == "gadget"
 
 
 def _fuzz_requests(rng: random.Random, n: int, max_bytes: int) -> list[list[bytes]]:
@@ -620,7 +621,7 @@ def test_sigterm_finishes_the_frame_and_publishes_a_final_status(bundle, tmp_pat
     assert [e.kind for e in bag["events"]][-1] == "stopping"
     active = bundle / "products" / ".active.json"
     if active.exists():  # the swap either committed completely or not at all
-        assert json.loads(active.read_text())["product"] in ("widget", "gadget")
+        assert {e["product"] for e in json.loads(active.read_text())["cameras"].values()} <= {"widget", "gadget"}
     from runtime.pipeline.products import ProductStore
 
     store = ProductStore(bundle / "products", FakeInspector().pack_spec)

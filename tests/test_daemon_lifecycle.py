@@ -53,7 +53,7 @@ def test_a_crashed_loop_exits_non_zero(bundle):
     def boom(ready):
         raise RuntimeError("a bug outside the per-frame try")
 
-    d._inspect_batch = boom
+    d.loop.inspect_batch = boom
     t, out = _run_in_thread(d)
     t.join(20)
     assert not t.is_alive()

@@ -336,7 +336,7 @@ def test_pause_while_the_loop_waits_for_frames(bundle):
         assert d.judged == 0
         assert ctl(d, {"cmd": "resume"})["ok"]
         assert d.wait(10)
-    assert d.judged == 10 and sorted((c.camera, c.frame_id) for c in d._contexts) == [(k, i) for k in "ab" for i in range(1, 6)]
+    assert d.judged == 10 and sorted((c.camera, c.frame_id) for c in d.kept) == [(k, i) for k in "ab" for i in range(1, 6)]
 
 
 def test_pause_holds_wait_cameras_and_counts_live_ones(bundle):
@@ -354,7 +354,7 @@ def test_pause_holds_wait_cameras_and_counts_live_ones(bundle):
         assert ctl(d, {"cmd": "resume"})["ok"]
         while d.judged < judged + 10:
             time.sleep(0.01)
-    ids = [c.frame_id for c in d._contexts if c.camera == "file"]
+    ids = [c.frame_id for c in d.kept if c.camera == "file"]
     assert ids == list(range(ids[0], ids[0] + len(ids)))
 
 

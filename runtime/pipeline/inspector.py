@@ -309,7 +309,7 @@ class Inspector:
         )
 
     def ask(self, ctx, question: str) -> str:
-        """An operator's follow-up question about a judged frame (daemon FrameContext or Judgement)."""
+        """An operator's follow-up question about a judged frame (the line's KeptFrame or Judgement)."""
         if self.llm is None:
             raise AgptError("this bundle has no LLM: it cannot answer questions")
         judgement = getattr(ctx, "judgement", ctx)

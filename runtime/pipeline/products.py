@@ -344,22 +344,18 @@ class ProductStore:
             raise AgptError(f"{path}: product {pack.name!r} exists (replace it explicitly)")
         return write_pack(pack, path)
 
-    def set_active(self, name: str, bank_id: str, base: str | None = None, cameras: dict[str, str] | None = None) -> None:
-        """Remember the committed product, so a restart (even after SIGKILL) resumes with it.
-
-        `base` is the config's product at the time: a restart resumes only while the config still names it,
-        so editing the config's product wins over an old changeover. Several cameras: `cameras` maps each
-        camera that changed over to its config product (its base); each camera's entry is kept under
-        "cameras" in the same file, the others' entries are left as they were.
+    def set_active(self, name: str, bank_id: str, cameras: dict[str, str]) -> None:
+        """Remember the committed product of the cameras that changed over, so a restart (even after SIGKILL)
+        resumes with it. `cameras` maps each of them to its config product at the time (its base): a restart
+        resumes only while the config still names that product, so editing the config wins over an old
+        changeover. One format for every line, {"cameras": {name: {product, bank_id, base, time}}}; the other
+        cameras' entries are kept as they were.
         """
-        entry = {"product": name, "bank_id": bank_id, "base": base, "time": time.time()}
-        if cameras is not None:
-            old = self._read_active() or {}
-            per = old.get("cameras") if isinstance(old.get("cameras"), dict) else {}
-            per.update(
-                {cam: {"product": name, "bank_id": bank_id, "base": b, "time": entry["time"]} for cam, b in cameras.items()}
-            )
-            entry = {**{k: v for k, v in old.items() if k != "cameras"}, "cameras": per}
+        now = time.time()
+        old = self._read_active() or {}
+        per = old.get("cameras") if isinstance(old.get("cameras"), dict) else {}
+        per.update({cam: {"product": name, "bank_id": bank_id, "base": b, "time": now} for cam, b in cameras.items()})
+        entry = {"cameras": per}
         self.root.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=ACTIVE_FILE + ".tmp-", dir=self.root)
         try:
@@ -383,12 +379,13 @@ class ProductStore:
             return None
         return entry if isinstance(entry, dict) else None
 
-    def active_entry(self, camera: str | None = None) -> dict | None:
-        """{product, bank_id, base, time} of the last committed changeover (of that camera), or None."""
+    def active_entry(self, camera: str) -> dict | None:
+        """{product, bank_id, base, time} of that camera's last committed changeover, or None. Reads the file
+        one-camera daemons wrote before (the entry at the top level, no "cameras"): it stands for any camera,
+        and the base check in the caller decides whether it applies."""
         entry = self._read_active()
-        if entry is not None and camera is not None:
-            per = entry.get("cameras")
-            entry = per.get(camera) if isinstance(per, dict) else None
+        if isinstance(entry, dict) and isinstance(entry.get("cameras"), dict):
+            entry = entry["cameras"].get(camera)
         if not isinstance(entry, dict) or not isinstance(entry.get("product"), str) or not _PRODUCT.match(entry["product"]):
             return None
         return entry

@@ -154,8 +154,8 @@ class BenchPublisher:
 
     def send(self, j, camera: str, frame_id: int, pack) -> float:
         """Publish one judgement; returns the milliseconds it took."""
-        from runtime.line.daemon import encode_mask
         from runtime.line.messages import MaskInfo, ResultHeader
+        from runtime.line.results import encode_mask
 
         t = time.perf_counter()
         png, size = encode_mask(j.map)
