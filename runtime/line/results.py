@@ -63,10 +63,9 @@ def make_result(
     inspector: Any = None,
     drops: Drops | None = None,
     batch: int = 1,
-    part_id: str | None = None,
 ) -> tuple[ResultHeader, bytes]:
     """(header, mask PNG) for one judged frame. t0/t1: monotonic times around the judge call. Raises on a
-    judgement the header refuses (the caller fails that frame, never the loop)."""  # fmt: skip
+    judgement the header refuses (the caller fails that frame, never the loop)."""
     png, size = encode_mask(getattr(j, "map", None))
     mask = None
     if size is not None:
