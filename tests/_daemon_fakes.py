@@ -1,6 +1,6 @@
 """Test doubles for the daemon tests: an inspector with the real Inspector's interface (no model), and
-camera sources that count, gate, vanish and misbehave on purpose. Imported by tests/test_daemon*.py,
-tests/test_camera.py and tests/test_bank.py, and by the SIGTERM subprocess.
+camera sources that count, gate, vanish and misbehave on purpose. Imported by tests/line/test_daemon*.py,
+tests/line/test_camera.py and tests/pipeline/test_bank.py, and by the SIGTERM subprocess.
 """
 
 from __future__ import annotations

@@ -1,10 +1,12 @@
 """Session fixtures: tiny official-format checkpoints (made once per run) and the shared dataset."""
 
+import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the shared fakes and frames (_daemon_fakes, _frames), from every subfolder
 DATASETS = REPO.parent / "shared" / "datasets"
 
 

@@ -7,7 +7,7 @@
 The stem: ImageBind repeats the image into 2 frames and applies Conv3d(kernel (2,14,14), stride (2,14,14)).
 Both frames are the same image, so the Conv3d output equals a Conv2d whose kernel is the Conv3d kernel
 summed over its time axis. That saves the repeat and half the stem arithmetic and changes nothing else
-(tests/test_modeling.py checks it against F.conv3d).
+(tests/export/test_modeling.py checks it against F.conv3d).
 """
 
 from __future__ import annotations

@@ -180,7 +180,7 @@ class Inspector:
         questions: Sequence[str | None] | None = None,
     ) -> list[Judgement]:
         """Frames of several cameras at once, each with its own pack (and question): one encoder call, one
-        prompt-learner call, one LLM batch. Same judgements as judge() one by one (tests/test_batch.py).
+        prompt-learner call, one LLM batch. Same judgements as judge() one by one (tests/pipeline/test_batch.py).
         A frame that cannot be preprocessed fails the call (AgptError naming its index)."""
         frames = list(frames)
         packs = [packs] * len(frames) if isinstance(packs, ProductPack) else list(packs)

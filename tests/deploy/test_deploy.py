@@ -33,7 +33,7 @@ from packaging.utils import canonicalize_name
 from runtime.line import watchdog
 from runtime.tools import health
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile.jetson"
 HADOLINT_CONFIG = ROOT / ".hadolint.yaml"
 UNIT = ROOT / "deploy" / "agpt.service"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared fakes
 
 from _daemon_fakes import (
     TOPICS,
@@ -38,7 +38,7 @@ from runtime.line.daemon import Daemon
 from runtime.pipeline.products import ProductStore, build_pack
 from runtime.tools.subscribe import ResultSubscriber
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared fakes
 
 from runtime.errors import AgptError
 from runtime.line.config import CameraConfig, is_local_endpoint, load_config, parse_config
@@ -28,7 +28,7 @@ from runtime.line.messages import (
 )
 from runtime.tools.subscribe import ResultSubscriber, StatusMessage, format_result, mask_to_frame
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(tmp_path: Path, text: str) -> Path:

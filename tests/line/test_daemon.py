@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import zmq
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared fakes
 
 from _daemon_fakes import (
     TOPICS,
@@ -589,8 +589,10 @@ sys.exit(d.run())
 def _daemon_process(bundle: Path, tmp_path: Path, delay: float, output=subprocess.PIPE) -> tuple[subprocess.Popen, str, str]:
     """SIGTERM_SCRIPT in its own process: (process, publish endpoint, control endpoint)."""
     pub, ctl_ep = f"ipc://{tmp_path}/pub", f"ipc://{tmp_path}/ctl"
-    script = SIGTERM_SCRIPT.format(tests=str(Path(__file__).parent), bundle=str(bundle), pub=pub, ctl=ctl_ep, delay=delay)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    script = SIGTERM_SCRIPT.format(
+        tests=str(Path(__file__).resolve().parents[1]), bundle=str(bundle), pub=pub, ctl=ctl_ep, delay=delay
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     return subprocess.Popen([sys.executable, "-c", script], env=env, stdout=output, stderr=output), pub, ctl_ep
 
 

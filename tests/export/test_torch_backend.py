@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 import torch
+from _frames import QUESTIONS, _images
 from conftest import COOKIE_DESCRIPTION
-from test_batch import QUESTIONS, _images
 
 from export.torch_backend import Graphed, TorchPrefill, TorchVision, cuda_available
 from runtime.pipeline.bundle import load_bundle

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared fakes
 
 from _daemon_fakes import CountingSource, FakeInspector, daemon_config, make_bundle, run_to_end
 

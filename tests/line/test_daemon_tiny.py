@@ -1,6 +1,6 @@
 """The daemon with the real Inspector on the tiny bundle: `agpt bank build`, `agpt run --config`, a
 subscriber, a live add_product + changeover, and an operator question answered by the LLM.
-(The fault and fuzz tests use a fake inspector: tests/test_daemon.py.)"""
+(The fault and fuzz tests use a fake inspector: tests/line/test_daemon.py.)"""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared fakes
 
 from _daemon_fakes import collect, final_seen
 
@@ -41,7 +41,7 @@ def _images(folder: Path, n: int, seed: int, cookie: Path | None, split: str) ->
 
 @pytest.fixture
 def cookie_or_none():
-    root = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cookie"
+    root = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "cookie"
     return root if root.is_dir() else None
 
 

@@ -21,7 +21,7 @@ from runtime.pipeline.calibrate import (
 from runtime.pipeline.maps import bank_map
 from runtime.tools.evaluate import auroc, list_samples, markdown
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "datasets"
 GRIDS = [(4, 4), (2, 2)]
 

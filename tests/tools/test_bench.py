@@ -8,12 +8,12 @@ from pathlib import Path
 
 import cv2
 import pytest
-from test_batch import _images
+from _frames import _images
 
 from runtime.cli import main
 from runtime.line.slots import CameraSlots
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
