@@ -159,7 +159,7 @@ def reference_text(sp, tokens: list[int]) -> str:
 
 
 def quantize_gguf(src: Path, dst: Path, quant: str, n_threads: int | None = None) -> None:
-    from runtime.pipeline.llm import last_log_line, llama_cpp_module
+    from runtime.pipeline.llama import last_log_line, llama_cpp_module
 
     llama_cpp = llama_cpp_module()  # its log goes to a buffer, not the console
     params = llama_cpp.llama_model_quantize_default_params()
@@ -176,7 +176,7 @@ def quantize_gguf(src: Path, dst: Path, quant: str, n_threads: int | None = None
 
 def check_gguf_tokenizer(path: Path, sp, layout: PromptLayout) -> None:
     """llama.cpp tokenizes the questions at run time: it must give SentencePiece's ids for our segments."""
-    from runtime.pipeline.llm import gguf_tokenize
+    from runtime.pipeline.llama import gguf_tokenize
 
     samples = [
         SEGMENT_BEFORE,

@@ -1,4 +1,6 @@
-"""AnomalyGPT's LLM on llama.cpp (llama-cpp-python low-level API; numpy only, no torch).
+"""AnomalyGPT's LLM session: the cached prompt prefix, first-token verdicts, answers and follow-up questions.
+
+llama.cpp itself (model, context, batches, sequence cells) is behind the thin binding in llama.py.
 
 One frame is the sequence (reference doc, section 8)
 
@@ -8,9 +10,9 @@ BOS + before never change: they are decoded once and kept in the KV cache; every
 follows them and decodes the rest, positions continuing. A llama.cpp batch is all token ids or all
 embedding rows, so the session looks the token rows up itself (gguf_tokens.py, bit-identical to
 llama.cpp's lookup) and decodes the frame as ONE embedding batch; a GGUF whose token table it cannot
-read falls back to four decodes (E_img, middle tokens, prompt rows, question tokens), same result. A verdict needs only that prefill (`first_token`:
-the logits of ' Yes' and ' No'); the full answer (`answer`) continues greedily with the reference's
-stop rule.
+read falls back to four decodes (E_img, middle tokens, prompt rows, question tokens), same result.
+A verdict needs only that prefill (`first_token`: the logits of ' Yes' and ' No'); the full answer
+(`answer`) continues greedily with the reference's stop rule.
 
 Several cameras: a context with n_seq_max > 1 decodes the frames of N cameras as N parallel sequences of
 ONE llama.cpp batch (`first_token_batch`, `answer_batch`). The prefix lives in sequence 0; sequence s
@@ -21,11 +23,7 @@ attention mask is per sequence), so a batched frame gives the logits it gives al
 
 from __future__ import annotations
 
-import codecs
 import collections
-import ctypes
-import os
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,86 +33,8 @@ import numpy as np
 
 from runtime.errors import AgptError
 from runtime.pipeline.gguf_tokens import read_token_embeddings
+from runtime.pipeline.llama import LlamaContext
 from runtime.pipeline.prompt import PromptLayout, question_text
-
-# SentencePiece (the reference's decoder) turns every byte of an invalid UTF-8 sequence into its own U+FFFD;
-# Python's "replace" gives one per maximal invalid run. Per byte, so answers match the reference to the letter.
-SP_REPLACE = "agpt-sentencepiece-replace"
-codecs.register_error(SP_REPLACE, lambda e: ("\ufffd" * (e.end - e.start), e.end))
-
-_LOG: collections.deque[str] = collections.deque(maxlen=64)
-_VERBOSE = False
-_INIT_LOCK = threading.Lock()
-_INITIALISED = False
-_LOG_CALLBACK = None  # kept referenced: llama.cpp holds a raw pointer to it
-
-
-def llama_cpp_module():
-    """Import llama_cpp and route its log into a ring buffer (printed only when verbose)."""
-    global _INITIALISED, _LOG_CALLBACK
-    import llama_cpp
-
-    with _INIT_LOCK:
-        if not _INITIALISED:
-
-            @llama_cpp.llama_log_callback
-            def _log(level, text, user_data):
-                msg = text.decode("utf-8", "replace") if text else ""
-                _LOG.append(msg)
-                if _VERBOSE:
-                    sys.stderr.write(msg)
-
-            _LOG_CALLBACK = _log
-            llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
-            llama_cpp.llama_backend_init()
-            _INITIALISED = True
-    return llama_cpp
-
-
-def last_log_line() -> str:
-    """The last llama.cpp log line that looks like an error (for one-line error messages)."""
-    lines = [m.strip() for m in _LOG if m.strip()]
-    errs = [m for m in lines if "error" in m.lower() or "failed" in m.lower()]
-    return (errs or lines or ["no message"])[-1][:300]
-
-
-def _load_model(path: Path, vocab_only: bool = False, n_gpu_layers: int | None = None):
-    ll = llama_cpp_module()
-    if not path.is_file():
-        raise AgptError(f"{path}: no such GGUF file (expected the LLM written by 'agpt export llm')")
-    mp = ll.llama_model_default_params()
-    mp.vocab_only = vocab_only
-    if n_gpu_layers is not None:
-        mp.n_gpu_layers = n_gpu_layers
-    _LOG.clear()
-    model = ll.llama_model_load_from_file(str(path).encode(), mp)
-    if not model:
-        raise AgptError(f"{path}: llama.cpp cannot load this GGUF ({last_log_line()})")
-    return model
-
-
-def _tokenize(vocab, text: str) -> list[int]:
-    """llama.cpp's own tokenizer, no BOS, special pieces not parsed (as SentencePiece on a segment)."""
-    ll = llama_cpp_module()
-    data = text.encode("utf-8")
-    cap = len(data) + 8
-    buf = (ll.llama_token * cap)()
-    n = ll.llama_tokenize(vocab, data, len(data), buf, cap, False, False)
-    if n < 0:  # cannot happen for SentencePiece (at most one token per byte + prefix), kept for safety
-        cap = -n
-        buf = (ll.llama_token * cap)()
-        n = ll.llama_tokenize(vocab, data, len(data), buf, cap, False, False)
-    return list(buf[:n])
-
-
-def gguf_tokenize(path: str | Path, text: str) -> list[int]:
-    """Token ids of `text` by the GGUF's tokenizer (vocabulary only is loaded). For export checks."""
-    ll = llama_cpp_module()
-    model = _load_model(Path(path), vocab_only=True)
-    try:
-        return _tokenize(ll.llama_model_get_vocab(model), text)
-    finally:
-        ll.llama_model_free(model)
 
 
 @dataclass
@@ -178,62 +98,22 @@ class LlmSession:
         single_batch: bool = True,
         n_seq_max: int = 1,
     ):
-        global _VERBOSE
-        _VERBOSE = verbose
-        ll = self._ll = llama_cpp_module()
-        self.path = Path(gguf_path)
         self.layout = layout
         self._lock = threading.Lock()
-        self._model = self._ctx = None
-        self._batches: list = []
-        self._model = _load_model(self.path, n_gpu_layers=n_gpu_layers)
-        self.n_embd = int(ll.llama_model_n_embd(self._model))
+        self.llama = LlamaContext(gguf_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, kv_f32=kv_f32,
+                                  flash_attn=flash_attn, n_gpu_layers=n_gpu_layers, n_seq_max=n_seq_max, verbose=verbose)  # fmt: skip
+        self.path, self.n_embd, self.n_vocab = self.llama.path, self.llama.n_embd, self.llama.n_vocab
+        self.n_ctx, self.n_batch, self.n_seq_max = self.llama.n_ctx, self.llama.n_batch, self.llama.n_seq_max
         if n_embd is not None and n_embd != self.n_embd:
             self.close()
             raise AgptError(
                 f"{self.path}: the LLM is {self.n_embd} wide but the bundle's prompt learner gives {n_embd}-wide rows: "
                 "the GGUF and the vision components come from different exports"
             )
-        self._vocab = ll.llama_model_get_vocab(self._model)
-        self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
         ids = layout.prefix_tokens + layout.middle + [layout.yes_token, layout.no_token, layout.stop_token, layout.eos_token]
         if max(ids) >= self.n_vocab or min(ids) < 0:
             self.close()
             raise AgptError(f"{self.path}: the prompt layout names token ids outside this GGUF's {self.n_vocab}-token vocabulary")
-
-        if not 1 <= int(n_seq_max) <= 256:
-            self.close()
-            raise AgptError(f"n_seq_max {n_seq_max}: expected 1 to 256 sequences (one per camera)")
-        self.n_seq_max = int(n_seq_max)
-        cp = ll.llama_context_default_params()
-        cp.n_ctx = n_ctx * self.n_seq_max
-        cp.n_batch = cp.n_ubatch = n_batch
-        cp.n_seq_max = self.n_seq_max
-        # One buffer for all sequences: llama_memory_seq_cp then shares the prefix cells instead of copying
-        # a whole per-sequence stream, and a batch of N frames needs no equal-length split.
-        cp.kv_unified = self.n_seq_max > 1
-        cp.n_threads = cp.n_threads_batch = n_threads or os.cpu_count() or 1
-        cp.no_perf = True
-        cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        if kv_f32:
-            cp.type_k = cp.type_v = ll.GGML_TYPE_F32
-        self._ctx = ll.llama_init_from_model(self._model, cp)
-        if not self._ctx:
-            self.close()
-            raise AgptError(f"{self.path}: llama.cpp cannot create a context (n_ctx {n_ctx}): {last_log_line()}")
-        self.n_ctx = int(ll.llama_n_ctx(self._ctx)) // self.n_seq_max  # positions one sequence may use
-        self.n_batch = n_batch
-        self._mem = ll.llama_get_memory(self._ctx)
-        # Two reusable batches: token ids, and embedding rows (token left NULL). One sequence id per row;
-        # _seq_ids mirrors what each batch's rows hold, so only changed ids are written (none for one camera).
-        self._tok = ll.llama_batch_init(n_batch, 0, 1)
-        self._emb = ll.llama_batch_init(n_batch, self.n_embd, 1)
-        self._batches = [self._tok, self._emb]
-        self._seq_ids = [np.zeros(n_batch, np.int32), np.zeros(n_batch, np.int32)]
-        for b in self._batches:
-            for i in range(n_batch):
-                b.n_seq_id[i] = 1
-                b.seq_id[i][0] = 0
         self._prefixed = {0}  # sequences whose cache holds the prefix
         self._questions: collections.OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = collections.OrderedDict()
         table = read_token_embeddings(self.path) if single_batch else None
@@ -247,18 +127,9 @@ class LlmSession:
     # ---------------------------------------------------------------- plumbing
 
     def close(self) -> None:
-        ll = getattr(self, "_ll", None)
-        if ll is None:
-            return
-        for b in self._batches:
-            ll.llama_batch_free(b)
-        self._batches = []
-        if self._ctx:
-            ll.llama_free(self._ctx)
-            self._ctx = None
-        if self._model:
-            ll.llama_model_free(self._model)
-            self._model = None
+        llama = getattr(self, "llama", None)
+        if llama is not None:
+            llama.close()
 
     def __enter__(self) -> LlmSession:
         return self
@@ -273,23 +144,10 @@ class LlmSession:
             pass
 
     def tokenize(self, text: str) -> list[int]:
-        """llama.cpp's tokenizer on one segment (no BOS, special pieces not parsed)."""
-        return _tokenize(self._vocab, text)
+        return self.llama.tokenize(text)
 
     def detokenize(self, tokens: list[int]) -> str:
-        """Text of `tokens`, control tokens (BOS/EOS/pad) rendered as nothing, leading prefix space removed."""
-        ll = self._ll
-        if not tokens:
-            return ""
-        arr = (ll.llama_token * len(tokens))(*tokens)
-        cap = 16 * len(tokens) + 16
-        buf = ctypes.create_string_buffer(cap)
-        n = ll.llama_detokenize(self._vocab, arr, len(tokens), buf, cap, True, False)
-        if n < 0:
-            cap = -n + 1
-            buf = ctypes.create_string_buffer(cap)
-            n = ll.llama_detokenize(self._vocab, arr, len(tokens), buf, cap, True, False)
-        return buf.raw[:n].decode("utf-8", SP_REPLACE)
+        return self.llama.detokenize(tokens)
 
     @property
     def single_batch(self) -> bool:
@@ -328,37 +186,7 @@ class LlmSession:
         return out[-1] if want == "last" else np.stack(out)
 
     def _decode_rows(self, data: np.ndarray, pos: np.ndarray, seq: np.ndarray, flags: np.ndarray) -> list[np.ndarray]:
-        """One llama_decode per n_batch rows: token ids (1-D) or embedding rows (2-D), each row with its own
-        position and sequence id; returns the logits of the flagged rows, in row order."""
-        ll = self._ll
-        n = data.shape[0]
-        is_emb = data.ndim == 2
-        k = 1 if is_emb else 0
-        batch, mirror = self._batches[k], self._seq_ids[k]
-        data = np.ascontiguousarray(data, dtype=np.float32 if is_emb else np.int32)
-        pos = np.ascontiguousarray(pos, np.int32)
-        flags = np.ascontiguousarray(flags, np.int8)
-        out = []
-        for s in range(0, n, self.n_batch):
-            m = min(self.n_batch, n - s)
-            chunk = data[s : s + m]  # kept referenced until the copy below is done
-            if is_emb:
-                ctypes.memmove(batch.embd, chunk.ctypes.data, chunk.nbytes)
-            else:
-                ctypes.memmove(batch.token, chunk.ctypes.data, chunk.nbytes)
-            ctypes.memmove(batch.pos, pos[s : s + m].ctypes.data, 4 * m)
-            ctypes.memmove(batch.logits, flags[s : s + m].ctypes.data, m)
-            for i in np.flatnonzero(mirror[:m] != seq[s : s + m]):
-                batch.seq_id[int(i)][0] = int(seq[s + i])
-                mirror[i] = seq[s + i]
-            batch.n_tokens = m
-            rc = ll.llama_decode(self._ctx, batch)
-            if rc != 0:
-                raise AgptError(f"{self.path}: llama_decode failed (code {rc}): {last_log_line()}")
-            for j in np.flatnonzero(flags[s : s + m]):
-                ptr = ll.llama_get_logits_ith(self._ctx, int(j))
-                out.append(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
-        return out
+        return self.llama.decode_rows(data, pos, seq, flags)
 
     def _rows(self, x, n_rows: int, what: str) -> np.ndarray:
         a = np.asarray(x, dtype=np.float32).reshape(-1, self.n_embd) if np.size(x) % self.n_embd == 0 else None
@@ -368,11 +196,9 @@ class LlmSession:
 
     def _start_sequence(self, seq: int) -> None:
         """Drop what follows the prefix in `seq` (the previous frame); give the prefix to a new sequence."""
-        mem = self._mem
-        self._ll.llama_memory_seq_rm(mem, seq, self.n_prefix, -1)
+        self.llama.seq_keep(seq, self.n_prefix)
         if seq not in self._prefixed:
-            self._ll.llama_memory_seq_rm(mem, seq, -1, -1)
-            self._ll.llama_memory_seq_cp(mem, 0, seq, 0, self.n_prefix)
+            self.llama.seq_copy_prefix(0, seq, self.n_prefix)
             self._prefixed.add(seq)
 
     def _segments(self, img_embed, prompts, text: str) -> list[np.ndarray]:
@@ -464,7 +290,7 @@ class LlmSession:
     def logits_all(self, img_embed, prompts, question: str) -> np.ndarray:
         """(T, n_vocab) logits at every position of the prompt, BOS included (parity tests)."""
         with self._lock:
-            self._ll.llama_memory_clear(self._mem, True)
+            self.llama.clear()
             self._prefixed = {0}
             head = self._decode(np.asarray(self.layout.prefix_tokens, np.int32), 0, "all")
             rest, _ = self._prefill(img_embed, prompts, question_text(question), "all")

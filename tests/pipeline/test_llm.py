@@ -26,7 +26,8 @@ from export.llm_export import (
 )
 from export.tiny_llm import corpus, train_tokenizer, write_tiny_pandagpt, write_tiny_vicuna
 from runtime.errors import AgptError
-from runtime.pipeline.llm import FrameContext, LlmSession, gguf_tokenize
+from runtime.pipeline.llama import gguf_tokenize
+from runtime.pipeline.llm import FrameContext, LlmSession
 from runtime.pipeline.prompt import SEGMENT_BEFORE, SEGMENT_MIDDLE, product_question, question_text
 
 QUESTION = product_question(

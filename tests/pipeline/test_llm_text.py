@@ -4,7 +4,8 @@ import numpy as np
 import sentencepiece as spm
 
 from runtime.pipeline.bundle import load_bundle
-from runtime.pipeline.llm import SP_REPLACE, LlmSession
+from runtime.pipeline.llama import SP_REPLACE
+from runtime.pipeline.llm import LlmSession
 
 
 def test_invalid_utf8_is_replaced_per_byte():
