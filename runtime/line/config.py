@@ -148,7 +148,6 @@ class DaemonConfig(_Strict):
         description="first_token: the verdict is P('Yes') vs P('No') of the first answer token (one LLM step); "
         "answer: generate the whole answer (text and locations) as the reference does",
     )
-    mask_encoding: Literal["png"] = Field("png", description="the map travels as an 8-bit PNG: uint8 = round(255*map)")
     backend: BackendConfig = Field(default_factory=BackendConfig, description="inference engine settings")
     sndhwm: int = Field(100, ge=1, description="ZeroMQ send high-water mark (messages queued per subscriber before drops)")
     max_message_bytes: int = Field(
@@ -256,7 +255,32 @@ def load_config(path: str | Path, **overrides) -> DaemonConfig:
     return cfg
 
 
+# Keys that were accepted once and never did anything: a config that still sets one is told so by name,
+# instead of a generic "extra inputs are not permitted".
+REMOVED_KEYS = {
+    ("mask_encoding",): "the mask is always an 8-bit PNG (docs/messages.md); delete the line",
+    ("backend", "inter_op_threads"): "ONNX Runtime runs one graph at a time here and always uses 1 inter-op thread; "
+    "delete the line (backend.intra_op_threads sets the threads that matter)",
+}
+
+
+def _removed_key(raw: dict) -> str | None:
+    for path, why in REMOVED_KEYS.items():
+        node = raw
+        for k in path:
+            node = node.get(k, _MISSING) if isinstance(node, dict) else _MISSING
+        if node is not _MISSING:
+            return f"{'.'.join(path)}: removed: {why}"
+    return None
+
+
+_MISSING = object()
+
+
 def parse_config(raw: dict, where: str = "config") -> DaemonConfig:
+    removed = _removed_key(raw)
+    if removed:
+        raise AgptError(f"{where}: {removed}")
     try:
         cfg = DaemonConfig.model_validate(raw)
     except ValidationError as e:

@@ -19,7 +19,6 @@ class BackendConfig(_Strict):
         "CUDAExecutionProvider, CPUExecutionProvider]",
     )
     intra_op_threads: int | None = Field(None, ge=1, description="onnxruntime intra-op threads (None: its default)")
-    inter_op_threads: int | None = Field(None, ge=1, description="onnxruntime inter-op threads (None: its default)")
     llm_threads: int | None = Field(None, ge=1, description="llama.cpp threads (None: its default)")
     llm_gpu_layers: int = Field(0, ge=-1, description="llama.cpp layers offloaded to the GPU (-1: all)")
     blas_threads: int | None = Field(
