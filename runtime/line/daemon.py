@@ -59,9 +59,10 @@ CLEAN_STOPS = ("requested", "shutdown", "SIGTERM", "SIGINT", "frames", "camera_e
 
 class Daemon:
     def __init__(self, cfg: DaemonConfig, inspector: Any = None, source: Source | None = None, ctx: zmq.Context | None = None,
-                 sources: Any = None):  # fmt: skip
+                 sources: Any = None, store: ProductStore | None = None):  # fmt: skip
         """source: the (first) camera's source instead of the config's; sources: several cameras' sources, a list
-        in config order or a dict by camera name (missing ones come from the config)."""
+        in config order or a dict by camera name (missing ones come from the config); store: the product store
+        (default: the bundle's products folder)."""
         check_security(cfg)
         self.cfg = cfg
         self.inspector = inspector
@@ -86,7 +87,7 @@ class Daemon:
         self.started = 0.0
         self.slots: CameraSlots | None = None
         self.max_batch = 1
-        self.store: ProductStore | None = None
+        self.store = store
         self.publisher: Publisher | None = None
         self.control: ControlServer | None = None
         self.sinks = Fanout()  # start() builds the configured ones
@@ -174,7 +175,8 @@ class Daemon:
             set_blas_threads(cfg.backend.blas_threads)
         if self.inspector is None:
             self.inspector = self.open_inspector()
-        self.store = ProductStore(cfg.bundle / "products", self.inspector.pack_spec, self._manifest_products())
+        if self.store is None:
+            self.store = ProductStore(cfg.bundle / "products", self.inspector.pack_spec, self._manifest_products())
         for lane in self.lanes:
             lane.pack = changeover.initial_pack(self, lane)
         self.sinks = Fanout(build_sinks(cfg, self))

@@ -2,8 +2,8 @@
 
     agpt bench --bundle models/tiny [--frames 20] [--cameras 1,2,4] [--reference CKPT_DIR] [--json]
 
-Ours, one frame at a time through Inspector.judge and the daemon's publishing (PNG mask + a ZeroMQ PUB
-send on inproc), in both verdict modes:
+Ours, one frame at a time through Inspector.judge and the daemon's own publishing (runtime.line.results
+make_result: mask PNG + header, then its Publisher on inproc), in both verdict modes:
   first_token  preprocess, encoder, map, prompt, llm (one prefill: P(anomaly) from ' Yes' / ' No'), publish
   answer       the same, then llm_prefill + llm_decode (greedy, --new-tokens at most, the reference's stop rule)
 Medians and p99 over --frames frames (after --warmup frames), end-to-end frames/s, peak RSS.
@@ -15,10 +15,10 @@ per-image work of the released generate(), and the work it repeats although it d
 product (text ensemble; with shots: the shots, a second query encoding, a discarded decoder map) is the
 "per_call" stage, so both ratios print: against the reference as released and with that work cached.
 
-Several cameras: for each count in --cameras, that many camera threads (preprocessing on the camera's
-thread, Inspector.prepare) feed runtime.line.slots.CameraSlots; the loop judges one batch from all ready
-cameras (judge_batch: one encoder and prompt-learner call, one llama.cpp batch of parallel sequences) and
-publishes each result. Frames/s in total and per camera, and each camera's count (none starved).
+Several cameras: for each count in --cameras, the daemon itself (runtime.line.daemon.Daemon, with this
+inspector and its own capture threads, inspection loop, batches and publisher) judges that many cameras
+fed round robin with the frames; a subscriber counts the results it publishes. Frames/s in total and per
+camera, each camera's count (none starved), and capture->publish latency from the daemon's headers.
 
 Frames: --images DIR, else the cookie test images when ../shared/datasets/cookie exists, else noise.
 """
@@ -40,6 +40,7 @@ import numpy as np
 
 from runtime.errors import AgptError
 from runtime.pipeline.preprocess import list_images
+from runtime.pipeline.products import ProductStore
 
 STAGES = (
     "preprocess",
@@ -120,25 +121,26 @@ def cpu_name() -> str:
 
 
 class BenchPublisher:
-    """The daemon's per-result work: PNG of the map, the result header, a PUB send (inproc, one subscriber)."""
+    """The daemon's per-result work, with the daemon's own code: results.make_result (mask PNG + header) and
+    its Publisher (queue -> XPUB thread), on inproc, drained by one subscriber."""
 
     def __init__(self):
         import zmq
 
+        from runtime.line.publish import Publisher
+
         self.zmq = zmq
         self.ctx = zmq.Context()
-        self.pub = self.ctx.socket(zmq.PUB)
-        self.pub.setsockopt(zmq.LINGER, 0)
-        self.pub.bind("inproc://agpt-bench")
+        self.publisher = Publisher(self.ctx, "inproc://agpt-bench", "bench", sndhwm=100000, heartbeat_s=3600.0)
         self.sub = self.ctx.socket(zmq.SUB)
         self.sub.setsockopt(zmq.LINGER, 0)
         self.sub.connect("inproc://agpt-bench")
-        self.sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self.sub.setsockopt(zmq.SUBSCRIBE, b"bench.result")
         self.received = 0
         self._stop = threading.Event()
+        self.publisher.start()
         self._thread = threading.Thread(target=self._drain, name="bench-subscriber", daemon=True)
         self._thread.start()
-        self.seq = 0
 
     def _drain(self) -> None:
         poller = self.zmq.Poller()
@@ -152,41 +154,21 @@ class BenchPublisher:
                     except self.zmq.Again:
                         break
 
-    def send(self, j, camera: str, frame_id: int, pack) -> float:
-        """Publish one judgement; returns the milliseconds it took."""
-        from runtime.line.messages import MaskInfo, ResultHeader
-        from runtime.line.results import encode_mask
+    def send(self, j, camera: str, frame_id: int, pack, image: np.ndarray, t0: float, t1: float) -> float:
+        """Publish one judgement as the daemon does; returns the milliseconds it took."""
+        from runtime.line.camera import Frame
+        from runtime.line.results import make_result
 
         t = time.perf_counter()
-        png, size = encode_mask(j.map)
-        self.seq += 1
-        header = ResultHeader(
-            seq=self.seq,
-            frame_id=frame_id,
-            camera=camera,
-            line="bench",
-            station=None,
-            prefix="bench",
-            product=pack.name,
-            bank_id=pack.bank_id,
-            capture_time=time.time(),
-            publish_time=time.time(),
-            verdict=None if j.verdict is None else bool(j.verdict),
-            p_anomaly=j.p_anomaly,
-            score=j.score,
-            judge=j.judge,
-            answer=j.answer,
-            locations=list(j.locations),
-            mask=MaskInfo(width=size[0], height=size[1]) if size else None,
-            latency_ms={k: round(v, 3) for k, v in j.latency_ms.items()},
-        )
-        self.pub.send_multipart([b"bench.result", header.model_dump_json().encode(), png], copy=False)
+        frame = Frame(frame_id=frame_id, image=image, camera=camera, capture_time=time.time(), capture_mono=t0)
+        header, png = make_result(frame, pack, j, t0, t1, prefix="bench")
+        self.publisher.publish_result(header, png)
         return (time.perf_counter() - t) * 1e3
 
     def close(self) -> None:
+        self.publisher.stop(flush_s=0.5)
         self._stop.set()
         self._thread.join(1.0)
-        self.pub.close(0)
         self.sub.close(0)
         self.ctx.term()
 
@@ -229,12 +211,13 @@ def run_ours(insp, frames: list[np.ndarray], pack, mode: str, warmup: list[np.nd
     samples: dict[str, list[float]] = {s: [] for s in STAGES}
     judgements = []
     for f in warmup:
-        pub.send(insp.judge(f, pack), "cam0", 0, pack)
+        t = time.monotonic()
+        pub.send(insp.judge(f, pack), "cam0", 0, pack, f, t, time.monotonic())
     t_all = time.perf_counter()
     for i, f in enumerate(frames):
-        t = time.perf_counter()
+        t, tm = time.perf_counter(), time.monotonic()
         j = insp.judge(f, pack)
-        publish_ms = pub.send(j, "cam0", i + 1, pack)
+        publish_ms = pub.send(j, "cam0", i + 1, pack, f, tm, time.monotonic())
         total = (time.perf_counter() - t) * 1e3
         for k, v in j.latency_ms.items():
             if k in samples:
@@ -248,48 +231,81 @@ def run_ours(insp, frames: list[np.ndarray], pack, mode: str, warmup: list[np.nd
     return out, judgements
 
 
-def run_cameras(insp, frames: list[np.ndarray], pack, n_cams: int, per_camera: int, pub: BenchPublisher) -> dict:
-    """n_cams camera threads (preprocessing on their thread) -> CameraSlots -> judge_batch -> publish."""
-    from runtime.line.slots import CameraSlots
+class _FrameCycle:
+    """A camera source that hands out the bench frames round robin, as fast as the daemon takes them."""
+
+    def __init__(self, frames: list[np.ndarray], start: int):
+        self.frames, self.i = frames, start
+
+    def open(self) -> None:
+        pass
+
+    def read(self):
+        self.i += 1
+        return True, self.frames[self.i % len(self.frames)], None
+
+    def close(self) -> None:
+        pass
+
+
+class BenchStore(ProductStore):
+    """The bundle's product store with the bench's pack in it (a pack built in memory from --shots)."""
+
+    def __init__(self, insp, pack):
+        super().__init__(insp.bundle.root / "products", insp.pack_spec, insp.manifest_products)
+        self.pack = pack
+
+    def load(self, name: str):
+        return self.pack if name == self.pack.name else super().load(name)
+
+
+def run_cameras(insp, frames: list[np.ndarray], pack, n_cams: int, per_camera: int) -> dict:
+    """n_cams cameras through the daemon itself (runtime.line.daemon.Daemon with this inspector): capture threads
+    preprocess, the inspection loop judges batches, results go out on its publisher; a subscriber counts them."""
+    import json
+
+    import zmq
+
+    from runtime.line.config import CameraConfig, DaemonConfig
+    from runtime.line.daemon import Daemon
+    from runtime.line.messages import ResumeRequest
 
     insp.verdict_mode = "first_token"
-    slots = CameraSlots(n_cams)
-    stop = threading.Event()
-
-    def camera(c: int) -> None:
-        k = c
-        while not stop.is_set():
-            item = (insp.prepare(frames[k % len(frames)]), time.perf_counter())
-            k += 1
-            while not stop.is_set() and not slots.put(c, item, block=True, timeout=0.2):
-                pass
-
-    # warm-up: one batch of every size up to n_cams (ORT arenas, llama.cpp graphs)
-    for b in range(1, n_cams + 1):
-        insp.judge_batch([frames[k % len(frames)] for k in range(b)], [pack] * b)
-    threads = [threading.Thread(target=camera, args=(c,), name=f"cam{c}", daemon=True) for c in range(n_cams)]
-    for t in threads:
-        t.start()
+    cams = [CameraConfig(name=f"cam{k}", kind="synthetic", source="bench", when_full="wait") for k in range(n_cams)]
+    form = {"camera": cams[0]} if n_cams == 1 else {"cameras": cams}
+    cfg = DaemonConfig(bundle=insp.bundle.root, product=pack.name, publish="inproc://agpt-bench-cams", control="inproc://agpt-bench-ctl",
+                       sndhwm=1000000, log_level="WARNING", resume_last_product=False, start_paused=True, **form)  # fmt: skip
+    ctx = zmq.Context()
+    d = Daemon(
+        cfg, inspector=insp, sources=[_FrameCycle(frames, k) for k in range(n_cams)], ctx=ctx, store=BenchStore(insp, pack)
+    )
+    sub = ctx.socket(zmq.SUB)
+    sub.setsockopt(zmq.RCVHWM, 1000000)
+    sub.setsockopt(zmq.LINGER, 0)
     counts, latency, sizes = [0] * n_cams, [], []
     target = per_camera * n_cams
-    t0, cpu0 = time.perf_counter(), time.process_time()
     try:
+        d.start()
+        sub.connect(d.publish_endpoint)
+        sub.setsockopt(zmq.SUBSCRIBE, f"{cfg.topic_prefix}.result".encode())
+        # warm-up: one batch of every size up to n_cams (ORT arenas, llama.cpp graphs), before the clock starts
+        for b in range(1, n_cams + 1):
+            insp.judge_batch([frames[k % len(frames)] for k in range(b)], [pack] * b)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        d.handle(ResumeRequest(cmd="resume"))
         while sum(counts) < target:
-            ready = slots.take(max_items=insp.max_batch, timeout=10.0)
-            if not ready:
-                raise AgptError("no camera delivered a frame for 10 s")
-            js = insp.judge_batch([item[0] for _, item in ready], [pack] * len(ready))
-            sizes.append(len(ready))
-            for (cam, item), j in zip(ready, js):
-                counts[cam] += 1
-                pub.send(j, f"cam{cam}", counts[cam], pack)
-                latency.append((time.perf_counter() - item[1]) * 1e3)
-    finally:
+            if not sub.poll(10000):
+                raise AgptError("no result for 10 s")
+            h = json.loads(sub.recv_multipart()[1])
+            cam = int(h["camera"][3:])
+            counts[cam] += 1
+            sizes.append(h["batch"])
+            latency.append(h["latency_ms"]["total"])
         wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-        stop.set()
-        slots.close()
-        for t in threads:
-            t.join(2.0)
+    finally:
+        sub.close()
+        d.shutdown()
+        ctx.term()
     total = sum(counts)
     return {
         "cameras": n_cams,
@@ -299,7 +315,7 @@ def run_cameras(insp, frames: list[np.ndarray], pack, n_cams: int, per_camera: i
         "fps_per_camera": total / wall / n_cams,
         "per_camera_frames": counts,
         "mean_batch": float(np.mean(sizes)),
-        "latency": summary(latency),
+        "latency": summary(latency),  # capture -> handed to the publisher, from the daemon's own headers
         # all threads of this process: when cores_busy reaches the host's cores, more cameras cannot add frames/s
         "cpu_ms_per_frame": cpu / max(total, 1) * 1e3,
         "cores_busy": cpu / wall,
@@ -574,7 +590,7 @@ def run(args: argparse.Namespace) -> int:
         report["cameras"] = []
         for c in cams:
             print(f"ours: {c} camera(s), {args.frames} frames each ...", file=sys.stderr)
-            report["cameras"].append(run_cameras(insp, frames, pack, c, args.frames, pub))
+            report["cameras"].append(run_cameras(insp, frames, pack, c, args.frames))
     finally:
         pub.close()
     if report["cameras"] and report["cameras"][0]["cameras"] == 1:
