@@ -36,7 +36,7 @@ import zmq
 from runtime.errors import AgptError
 from runtime.line import changeover, watchdog
 from runtime.line import status as status_mod
-from runtime.line.camera import Camera, Source
+from runtime.line.camera import Camera
 from runtime.line.commands import Commands
 from runtime.line.config import DaemonConfig, check_security, load_config
 from runtime.line.control import ControlServer, start_authenticator
@@ -45,6 +45,7 @@ from runtime.line.loop import InspectionLoop
 from runtime.line.messages import Drops, Status
 from runtime.line.publish import Publisher
 from runtime.line.slots import CameraSlots, SlotQueue
+from runtime.line.sources import Source
 from runtime.line.status import Heartbeat
 from runtime.pipeline.products import ProductPack, ProductStore
 from runtime.sinks.base import SinkEvent

@@ -39,7 +39,7 @@ def ensure_bundle(cfg: DaemonConfig, progress=print) -> None:
 def ensure_product(cfg: DaemonConfig, inspector, progress=print) -> None:
     """A pack for the config's product, from the synthetic line's own normal parts (never its defects).
     `inspector`: the daemon's own, so the models are loaded once."""
-    from runtime.line.camera import make_source
+    from runtime.line.sources import make_source
     from runtime.pipeline.products import ProductStore, build_pack
 
     store = ProductStore(cfg.bundle / "products", inspector.pack_spec, dict(inspector.manifest_products))

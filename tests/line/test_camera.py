@@ -14,8 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shar
 
 from _daemon_fakes import CountingSource, FlakySource, ScriptedSource
 
-from runtime.line.camera import Camera, FolderSource, Frame, FrameQueue, normalize_frame
+from runtime.line.camera import Camera, Frame, FrameQueue, normalize_frame
 from runtime.line.config import CameraConfig
+from runtime.line.sources import FolderSource
 
 
 def _cfg(**kw) -> CameraConfig:

@@ -104,8 +104,8 @@ def test_folder_source_and_mvtec_layout(tmp_path):
 
 
 def test_bounded_stream_and_camera_factory():
-    from runtime.line.camera import make_source as camera_source
     from runtime.line.config import CameraConfig
+    from runtime.line.sources import make_source as camera_source
 
     cfg = CameraConfig(
         kind="synthetic", source="procedural", options={"seed": 1, "frames": 2, "n_textures": 3, "texture_size": 96}
