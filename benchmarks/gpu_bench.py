@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from runtime.pipeline.llm import first_token_verdict
-from runtime.tools.bench import summary
+from runtime.tools.bench_common import summary
 
 REAL = dict(
     vision=dict(width=1280, depth=32, heads=16, mlp=5120, embed=1024),
