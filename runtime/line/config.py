@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from runtime.errors import AgptError
 from runtime.names import CAMERA_RE, PRODUCT_RE, TOPIC_RE
 from runtime.pipeline.engines.config import BackendConfig
+from runtime.sinks.metrics_config import MetricsConfig
+from runtime.sinks.mqtt_config import MqttConfig
 
 ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc)://.+$")
 LIVE_KINDS = ("device", "rtsp", "gstreamer")  # cameras that never wait for the inspection loop
@@ -165,6 +167,8 @@ class DaemonConfig(_Strict):
     shots_root: Path | None = Field(None, description="when set, add_product only reads shot images inside this folder")
     curve: CurveConfig | None = Field(None, description="CURVE encryption and client authentication (zmq.auth)")
     demo: DemoSetup | None = Field(None, description="set-up for `agpt demo` (bundle and product made on first run)")
+    mqtt: MqttConfig | None = Field(None, description="results, status and events to an MQTT broker (None: off; extra `mqtt`)")
+    metrics: MetricsConfig | None = Field(None, description="Prometheus /metrics endpoint (None: off; extra `metrics`)")
 
     @field_validator("publish", "control")
     @classmethod
@@ -252,6 +256,8 @@ def load_config(path: str | Path, **overrides) -> DaemonConfig:
     if cfg.curve is not None:
         cfg.curve.server_secret_key = _resolve(base, cfg.curve.server_secret_key) or cfg.curve.server_secret_key
         cfg.curve.authorized_clients = _resolve(base, cfg.curve.authorized_clients) or cfg.curve.authorized_clients
+    if cfg.mqtt is not None:
+        cfg.mqtt.resolve_paths(base)
     return cfg
 
 

@@ -2,12 +2,38 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
+from runtime.errors import AgptError
 from runtime.sinks.base import Sink
+
+# config key -> (the module the sink needs, the extra that installs it)
+EXTRAS = {"mqtt": ("paho.mqtt.client", "mqtt"), "metrics": ("prometheus_client", "metrics")}
+
+
+def require_extra(key: str) -> None:
+    """A config that enables a sink whose extra is missing gets one clear line, before anything starts."""
+    module, extra = EXTRAS[key]
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError:
+        raise AgptError(f"{key}: is configured but {module} is not installed (pip install 'anomalygpt-edge[{extra}]')") from None
 
 
 def build_sinks(cfg: Any, daemon: Any) -> list[Sink]:
-    """cfg: the DaemonConfig; daemon: the running Daemon (sinks that take commands call daemon.handle)."""
+    """cfg: the DaemonConfig; daemon: the running Daemon (sinks that take commands call daemon.handle; sinks that
+    report the status call daemon.status). daemon may be None (a sink built alone): no status then."""
     sinks: list[Sink] = []
+    status_fn = getattr(daemon, "status", None)
+    if getattr(cfg, "mqtt", None) is not None:
+        require_extra("mqtt")
+        from runtime.sinks.mqtt import MqttSink
+
+        sinks.append(MqttSink(cfg.mqtt, cfg.line, cfg.station, status_fn, status_interval_s=cfg.heartbeat_s))
+    if getattr(cfg, "metrics", None) is not None:
+        require_extra("metrics")
+        from runtime.sinks.metrics import MetricsSink
+
+        sinks.append(MetricsSink(cfg.metrics, status_fn))
     return sinks
