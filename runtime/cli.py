@@ -27,6 +27,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("eval",): ("runtime.tools.evaluate", "evaluate a bundle on an MVTec-layout dataset"),
     ("bench",): ("runtime.tools.bench", "per-stage latency and throughput, ours vs the reference"),
     ("health",): ("runtime.tools.health", "ask a running daemon for its status (exit 0 when healthy)"),
+    ("proxy",): ("runtime.tools.proxy", "one address for every station's results: a ZeroMQ XSUB/XPUB forwarder"),
 }
 
 
