@@ -8,8 +8,8 @@ import time
 import urllib.request
 
 import pytest
-
 from _daemon_fakes import CountingSource, FakeInspector, ctl, daemon_config, make_bundle, running
+
 from runtime.sinks.metrics_config import MetricsConfig
 
 parser = pytest.importorskip("prometheus_client.parser", reason="the metrics extra (prometheus-client) is not installed")
@@ -85,6 +85,7 @@ def test_sink_link_state_and_drops_appear_as_metrics(bundle, tmp_path):
     the status' once the daemon is paused."""
     pytest.importorskip("paho.mqtt.client", reason="the mqtt extra (paho-mqtt) is not installed")
     from _mosquitto import free_port
+
     from runtime.sinks.mqtt_config import MqttConfig
 
     mq = MqttConfig(port=free_port(), qos=0, reconnect_min_s=0.2, reconnect_max_s=0.5)

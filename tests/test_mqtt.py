@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from _daemon_fakes import CountingSource, daemon_config, make_bundle, running
 from _mosquitto import Collector, Mosquitto
+
 from runtime.errors import AgptError
 from runtime.line.messages import Event, ResultHeader, Status
 from runtime.sinks.mqtt_config import MqttConfig
@@ -191,8 +191,7 @@ def test_yaml_config_names_the_bad_mqtt_field(tmp_path, bundle):
 
     f = tmp_path / "line.yaml"
     f.write_text(
-        f"bundle: {bundle}\nproduct: widget\ncamera: {{kind: synthetic, source: test}}\n"
-        "mqtt: {host: broker.plant, qos: 3}\n"
+        f"bundle: {bundle}\nproduct: widget\ncamera: {{kind: synthetic, source: test}}\nmqtt: {{host: broker.plant, qos: 3}}\n"
     )
     with pytest.raises(AgptError, match=r"mqtt\.qos"):
         load_config(f)
@@ -204,4 +203,3 @@ def test_yaml_config_names_the_bad_mqtt_field(tmp_path, bundle):
     assert cfg.mqtt.password_file == tmp_path / "secret.txt" and cfg.mqtt.tls.ca_file == tmp_path / "ca.pem"
     assert cfg.metrics.bind == "127.0.0.1"
     assert json.loads(cfg.model_dump_json())["mqtt"]["topic_root"] == "agpt"
-

@@ -9,12 +9,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 import zmq
-
 from _daemon_fakes import CountingSource, FakeInspector, collect, daemon_config, make_bundle
+
 from runtime.errors import AgptError
 from runtime.line.config import CurveConfig
 from runtime.line.daemon import Daemon
@@ -55,8 +56,6 @@ def collect_tagged(sub, until, timeout: float = 15.0) -> dict:
     from runtime.tools.subscribe import EventMessage, ResultMessage, StatusMessage
 
     bag: dict = {"results": [], "status_msgs": [], "events": [], "statuses": []}
-    import time
-
     deadline = time.monotonic() + timeout
     while not until(bag):
         left = deadline - time.monotonic()
@@ -83,9 +82,9 @@ def test_three_stations_through_one_proxy_to_one_subscriber(bundle):
                 for d in ds:
                     assert d.wait(30)
                     d.shutdown()
-                finals = lambda b: {s.topic for s in b["status_msgs"] if s.status.final} == {
-                    f"line1.{n}.status" for n in STATIONS
-                }
+                finals = lambda b: (
+                    {s.topic for s in b["status_msgs"] if s.status.final} == {f"line1.{n}.status" for n in STATIONS}
+                )
                 bag = collect_tagged(sub, finals)
                 assert sub.malformed == 0 and sum(sub.lost.values()) == 0
     for name in STATIONS:
