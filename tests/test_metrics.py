@@ -108,3 +108,26 @@ def test_sink_link_state_and_drops_appear_as_metrics(bundle, tmp_path):
         assert total(m, "agpt_sink_dropped_total", sink="mqtt") == st.sinks["mqtt"].dropped >= 10
         assert total(m, "agpt_paused") == 1
         assert total(m, "agpt_frames_judged_total") == st.frames_judged
+
+
+def test_the_grafana_dashboard_asks_only_for_metrics_the_endpoint_serves(bundle):
+    """deploy/grafana-dashboard.json: every metric name in its queries is one the endpoint serves (with a
+    sink that has a link, so agpt_sink_connected is there too)."""
+    import json
+    import re
+    from pathlib import Path
+
+    pytest.importorskip("paho.mqtt.client", reason="the mqtt extra (paho-mqtt) is not installed")
+    from _mosquitto import free_port
+
+    from runtime.sinks.mqtt_config import MqttConfig
+
+    dash = json.loads((Path(__file__).resolve().parents[1] / "deploy" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+    wanted = {n for e in exprs for n in re.findall(r"\b((?:agpt|process)_[a-z_]+)\b", e)}
+    assert len(wanted) >= 12
+    cfg = daemon_config(bundle, mqtt=MqttConfig(port=free_port(), qos=0), metrics=MetricsConfig(port=0))
+    with running(cfg, source=CountingSource(n=5)) as d:
+        assert d.wait(20)
+        served = set(scrape(next(s for s in d.sinks.sinks if s.name == "metrics").port))
+    assert wanted <= served, sorted(wanted - served)

@@ -203,3 +203,12 @@ def test_yaml_config_names_the_bad_mqtt_field(tmp_path, bundle):
     assert cfg.mqtt.password_file == tmp_path / "secret.txt" and cfg.mqtt.tls.ca_file == tmp_path / "ca.pem"
     assert cfg.metrics.bind == "127.0.0.1"
     assert json.loads(cfg.model_dump_json())["mqtt"]["topic_root"] == "agpt"
+
+
+def test_every_sink_config_field_is_documented():
+    from runtime.sinks.metrics_config import MetricsConfig
+    from runtime.sinks.mqtt_config import MqttTls
+
+    for model in (MqttConfig, MqttTls, MetricsConfig):
+        for name, f in model.model_fields.items():
+            assert f.description, f"{model.__name__}.{name} has no description"
