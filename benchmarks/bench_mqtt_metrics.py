@@ -141,7 +141,9 @@ def main() -> int:
     print(f"  at {rate:.1f} frames/s offered, {len(to_sub)} results:")
     print(f"    result -> MQTT subscriber     median {statistics.median(to_sub):6.2f} ms  p99 {pct(to_sub, 99):6.2f} ms")
     print(f"    capture -> MQTT subscriber    median {statistics.median(cap_to_sub):6.2f} ms  p99 {pct(cap_to_sub, 99):6.2f} ms")
-    print(f"    capture -> ZeroMQ subscriber  median {statistics.median(zmq_receipt):6.2f} ms  p99 {pct(zmq_receipt, 99):6.2f} ms")
+    print(
+        f"    capture -> ZeroMQ subscriber  median {statistics.median(zmq_receipt):6.2f} ms  p99 {pct(zmq_receipt, 99):6.2f} ms"
+    )
     print(f"    mqtt sink: delivered {mqtt_stats.delivered}, dropped {mqtt_stats.dropped}")
     return 0
 

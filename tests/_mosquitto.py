@@ -3,6 +3,7 @@ restartable on the same port (the broker outage test); skipped with a reason whe
 
 from __future__ import annotations
 
+import getpass
 import shutil
 import socket
 import subprocess
@@ -30,18 +31,58 @@ def _listening(port: int) -> bool:
         return False
 
 
+def make_tls(workdir: Path) -> dict[str, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 (openssl); skipped where openssl is absent."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    d = Path(workdir)
+    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run = lambda *a: subprocess.run(["openssl", *a], cwd=d, check=True, capture_output=True)
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=agpt-test-ca",
+    )
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem",
+        "-days", "2", "-extfile", "san.ext")  # fmt: skip
+    return {"ca": d / "ca.pem", "cert": d / "server.pem", "key": d / "server.key"}
+
+
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None):
+    """tls: make_tls()'s files (the listener speaks TLS only); users: name -> password (no anonymous clients)."""
+
+    def __init__(self, workdir: Path, port: int | None = None, tls: dict[str, Path] | None = None, users: dict | None = None):
         if MOSQUITTO is None:
             pytest.skip("mosquitto is not installed (Debian package `mosquitto`; .ci/run installs it)")
         self.port = port or free_port()
         self.workdir = Path(workdir)
         self.conf = self.workdir / "mosquitto.conf"
         self.log = self.workdir / "mosquitto.log"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
-            f"log_dest file {self.log}\nlog_type error\nlog_type warning\nlog_type notice\n"
-        )
+        # run as we are: as root, mosquitto drops to user `mosquitto`, which cannot read our private tmp folder
+        lines = [f"user {getpass.getuser()}", f"listener {self.port} 127.0.0.1", "persistence false", f"log_dest file {self.log}"]
+        lines += ["log_type error", "log_type warning", "log_type notice"]
+        if tls:
+            lines += [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}"]
+        if users:
+            passwd = self.workdir / "passwd"
+            passwd.write_text("")
+            for name, pw in users.items():
+                subprocess.run(["mosquitto_passwd", "-b", str(passwd), name, pw], check=True, capture_output=True)
+            lines += ["allow_anonymous false", f"password_file {passwd}"]
+        else:
+            lines += ["allow_anonymous true"]
+        self.conf.write_text("\n".join(lines) + "\n")
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 10.0) -> Mosquitto:
@@ -69,7 +110,7 @@ class Mosquitto:
 class Collector:
     """A paho subscriber on the broker: every message kept as (topic, payload, retain, receive time)."""
 
-    def __init__(self, port: int, topic: str = "#"):
+    def __init__(self, port: int, topic: str = "#", ca: Path | None = None, auth: tuple[str, str] | None = None):
         import threading
 
         import paho.mqtt.client as paho
@@ -82,6 +123,10 @@ class Collector:
         self.client.on_message = self._on_message
         self.client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
         self.client.on_subscribe = lambda *a: self._subscribed.set()
+        if ca is not None:
+            self.client.tls_set(ca_certs=str(ca))
+        if auth is not None:
+            self.client.username_pw_set(*auth)
         self.client.connect("127.0.0.1", port, keepalive=10)
         self.client.loop_start()
         if not self._subscribed.wait(10):

@@ -84,7 +84,6 @@ def test_every_result_arrives_with_status_events_and_state(bundle, broker):
         late.close()
 
 
-@pytest.mark.slow
 def test_broker_outage_keeps_judging_reconnects_and_counts_drops(bundle, broker):
     """QoS 1 with a small client buffer: during the outage paho holds max_queued results (sent after the
     reconnect) and the rest are dropped and counted; the line never waits."""
@@ -212,3 +211,26 @@ def test_every_sink_config_field_is_documented():
     for model in (MqttConfig, MqttTls, MetricsConfig):
         for name, f in model.model_fields.items():
             assert f.description, f"{model.__name__}.{name} has no description"
+
+
+def test_tls_and_credentials(bundle, tmp_path):
+    from _mosquitto import make_tls
+
+    tls = make_tls(tmp_path)
+    broker = Mosquitto(tmp_path, tls=tls, users={"station3": "s3cret"}).start()
+    (tmp_path / "pw").write_text("s3cret\n")
+    col = Collector(broker.port, f"{BASE}/result", ca=tls["ca"], auth=("station3", "s3cret"))
+    try:
+        good = mqtt_cfg(broker.port, username="station3", password_file=tmp_path / "pw", tls={"ca_file": tls["ca"]})
+        with running(daemon_config(bundle, mqtt=good), source=CountingSource(n=10)) as d:
+            assert d.wait(20)
+            col.wait(lambda c: len(c.on("result")) == 10, what="results over TLS")
+        wrong = mqtt_cfg(broker.port, username="station3", password="nope", tls={"ca_file": tls["ca"]})
+        with running(daemon_config(bundle, mqtt=wrong), source=CountingSource(period=0.005)) as d:
+            sink = d.sinks.sinks[0]
+            wait_for(lambda: "refused" in (sink.stats().last_error or ""), what="the refusal")
+            wait_for(lambda: d.judged > 5, what="judging without the broker")
+            assert not sink.connected()
+    finally:
+        col.close()
+        broker.stop()
