@@ -17,6 +17,7 @@ subscriber's receipt minus the header's publish_time (result -> MQTT subscriber)
 from __future__ import annotations
 
 import argparse
+import resource
 import statistics
 import sys
 import tempfile
@@ -80,6 +81,10 @@ def main() -> int:
         while port and not stop.wait(args.scrape_s):
             seen.append(len(urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()))
 
+    def cpu_s() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
     def throughput(on: bool) -> tuple[float, dict]:
         n = args.warmup + args.frames
         d = Daemon(config(on, when_full="wait"), inspector, NoiseSource(shape, n=n))
@@ -89,22 +94,28 @@ def main() -> int:
         th.start()
         while d.judged < args.warmup:
             time.sleep(0.005)
-        t0, j0 = time.perf_counter(), d.judged
+        t0, j0, c0 = time.perf_counter(), d.judged, cpu_s()
         d.wait()
         fps = (d.judged - j0) / (time.perf_counter() - t0)
+        cpu_ms = (cpu_s() - c0) * 1e3 / max(d.judged - j0, 1)
         stop.set()
         th.join()
         sinks = {k: v.model_dump() for k, v in d.status().sinks.items()}
         d.shutdown()
-        return fps, {"sinks": sinks, "scrapes": len(scrapes)}
+        return fps, {"sinks": sinks, "scrapes": len(scrapes), "cpu_ms": cpu_ms}
 
     runs: dict[bool, list[float]] = {False: [], True: []}
+    cpu: dict[bool, list[float]] = {False: [], True: []}
     for r in range(args.repeats):
         for on in (False, True):
             fps, info = throughput(on)
             runs[on].append(fps)
+            cpu[on].append(info["cpu_ms"])
             extra = f"  mqtt {info['sinks'].get('mqtt')}  scrapes {info['scrapes']}" if on else ""
-            print(f"  run {r + 1} {'on ' if on else 'off'}: {fps:7.1f} frames/s{extra}", flush=True)
+            print(
+                f"  run {r + 1} {'on ' if on else 'off'}: {fps:7.1f} frames/s  {info['cpu_ms']:6.2f} ms CPU/frame{extra}",
+                flush=True,
+            )
     off, on = statistics.median(runs[False]), statistics.median(runs[True])
     pairs = sorted(b / a for a, b in zip(runs[False], runs[True]))  # each "on" run against the "off" run just before it
 
@@ -138,6 +149,9 @@ def main() -> int:
           f"{', masks' if args.mask else ''}, /metrics every {args.scrape_s} s)")  # fmt: skip
     print(f"  frames/s off {off:7.1f}  on {on:7.1f}  on/off {on / off:.3f}  (medians of {args.repeats} runs of {args.frames})")
     print(f"  on/off per adjacent pair: median {statistics.median(pairs):.3f}  (min {pairs[0]:.3f}, max {pairs[-1]:.3f})")
+    c_off, c_on = statistics.median(cpu[False]), statistics.median(cpu[True])
+    print(f"  CPU per frame (this process, all threads): off {c_off:.2f} ms  on {c_on:.2f} ms  (+{c_on - c_off:.2f} ms, "
+          f"{c_on / c_off - 1:+.1%}); the machine's other load slows wall-clock frames/s, not this")  # fmt: skip
     print(f"  at {rate:.1f} frames/s offered, {len(to_sub)} results:")
     print(f"    result -> MQTT subscriber     median {statistics.median(to_sub):6.2f} ms  p99 {pct(to_sub, 99):6.2f} ms")
     print(f"    capture -> MQTT subscriber    median {statistics.median(cap_to_sub):6.2f} ms  p99 {pct(cap_to_sub, 99):6.2f} ms")
