@@ -5,7 +5,7 @@ from a result to an MQTT subscriber.
     python benchmarks/bench_mqtt_metrics.py --bundle models/lite --product tiles
 
 Throughput: the same daemon config (one engine thread each, as on a 2-core host), a source faster than
-inspection (`when_full: wait`), run off / on / off / on ... (--repeats pairs, alternated so a shared
+inspection (`when_full: wait`), run off / on, on / off, ... (--repeats pairs, order alternated so a shared
 machine's load drifts into both sides alike); after --warmup frames, --frames frames are timed. "on" is
 `mqtt:` to a Mosquitto started here on loopback (QoS --qos, --mask to add the PNG) plus `metrics:` scraped
 every --scrape-s seconds, with an MQTT subscriber reading everything.
@@ -17,6 +17,7 @@ subscriber's receipt minus the header's publish_time (result -> MQTT subscriber)
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -40,6 +41,22 @@ from runtime.line.messages import ResultHeader
 from runtime.sinks.metrics_config import MetricsConfig
 from runtime.sinks.mqtt_config import MqttConfig
 from runtime.tools.subscribe import ResultMessage, ResultSubscriber
+
+
+def metrics_submit_us(n: int = 20000) -> float:
+    """What the inspection loop pays per result for the metrics sink (submit_result is inline, no queue)."""
+    from runtime.line.messages import ResultHeader
+    from runtime.sinks.base import SinkResult
+    from runtime.sinks.metrics import MetricsSink
+
+    lat = {k: 1.0 for k in ("queue", "preprocess", "encoder", "map", "prompt", "llm", "judge", "encode", "total")}
+    h = ResultHeader(frame_id=1, camera="cam0", line="l", prefix="l", product="p", bank_id="b", capture_time=0.0,
+                     publish_time=0.0, verdict=True, p_anomaly=0.7, score=0.5, judge="llm-first_token", latency_ms=lat)  # fmt: skip
+    sink, r = MetricsSink(MetricsConfig(port=0)), SinkResult(h, b"")
+    t0 = time.perf_counter()
+    for _ in range(n):
+        sink.submit_result(r)
+    return (time.perf_counter() - t0) / n * 1e6
 
 
 def main() -> int:
@@ -85,6 +102,19 @@ def main() -> int:
         r = resource.getrusage(resource.RUSAGE_SELF)
         return r.ru_utime + r.ru_stime
 
+    def sink_threads_cpu_s(d: Daemon) -> float:
+        """CPU of the threads the sinks add: the MQTT worker, paho's network thread, the metrics HTTP server."""
+        ours = {s._thread.ident for s in d.sinks.sinks if getattr(s, "_thread", None) is not None}
+        total = 0.0
+        for th in threading.enumerate():
+            if th.ident in ours or th.name.startswith("paho-mqtt-client"):
+                try:
+                    f = Path(f"/proc/self/task/{th.native_id}/stat").read_text().rsplit(")", 1)[1].split()
+                    total += (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+                except (OSError, IndexError, ValueError):
+                    pass
+        return total
+
     def throughput(on: bool) -> tuple[float, dict]:
         n = args.warmup + args.frames
         d = Daemon(config(on, when_full="wait"), inspector, NoiseSource(shape, n=n))
@@ -94,30 +124,36 @@ def main() -> int:
         th.start()
         while d.judged < args.warmup:
             time.sleep(0.005)
-        t0, j0, c0 = time.perf_counter(), d.judged, cpu_s()
+        t0, j0, c0, s0 = time.perf_counter(), d.judged, cpu_s(), sink_threads_cpu_s(d)
         d.wait()
+        sink_ms = (sink_threads_cpu_s(d) - s0) * 1e3 / max(d.judged - j0, 1)
         fps = (d.judged - j0) / (time.perf_counter() - t0)
         cpu_ms = (cpu_s() - c0) * 1e3 / max(d.judged - j0, 1)
         stop.set()
         th.join()
         sinks = {k: v.model_dump() for k, v in d.status().sinks.items()}
         d.shutdown()
-        return fps, {"sinks": sinks, "scrapes": len(scrapes), "cpu_ms": cpu_ms}
+        return fps, {"sinks": sinks, "scrapes": len(scrapes), "cpu_ms": cpu_ms, "sink_ms": sink_ms}
 
     runs: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
+    sink_cpu: list[float] = []
     for r in range(args.repeats):
-        for on in (False, True):
+        for on in (False, True) if r % 2 == 0 else (True, False):  # alternate the order too: no side always goes first
             fps, info = throughput(on)
             runs[on].append(fps)
             cpu[on].append(info["cpu_ms"])
+            if on:
+                sink_cpu.append(info["sink_ms"])
             extra = f"  mqtt {info['sinks'].get('mqtt')}  scrapes {info['scrapes']}" if on else ""
             print(
                 f"  run {r + 1} {'on ' if on else 'off'}: {fps:7.1f} frames/s  {info['cpu_ms']:6.2f} ms CPU/frame{extra}",
                 flush=True,
             )
     off, on = statistics.median(runs[False]), statistics.median(runs[True])
-    pairs = sorted(b / a for a, b in zip(runs[False], runs[True]))  # each "on" run against the "off" run just before it
+    pairs = sorted(b / a for a, b in zip(runs[False], runs[True]))  # each "on" run against the "off" run of its pair
+
+    loop_us = metrics_submit_us()
 
     # -- latency at 80% of the off rate --
     rate = 0.8 * off
@@ -152,6 +188,8 @@ def main() -> int:
     c_off, c_on = statistics.median(cpu[False]), statistics.median(cpu[True])
     print(f"  CPU per frame (this process, all threads): off {c_off:.2f} ms  on {c_on:.2f} ms  (+{c_on - c_off:.2f} ms, "
           f"{c_on / c_off - 1:+.1%}); the machine's other load slows wall-clock frames/s, not this")  # fmt: skip
+    print(f"  the sinks' own threads (MQTT worker, paho, metrics server): {statistics.median(sink_cpu):.3f} ms CPU/frame; "
+          f"on the loop, counting one result for the metrics: {loop_us:.1f} us")  # fmt: skip
     print(f"  at {rate:.1f} frames/s offered, {len(to_sub)} results:")
     print(f"    result -> MQTT subscriber     median {statistics.median(to_sub):6.2f} ms  p99 {pct(to_sub, 99):6.2f} ms")
     print(f"    capture -> MQTT subscriber    median {statistics.median(cap_to_sub):6.2f} ms  p99 {pct(cap_to_sub, 99):6.2f} ms")

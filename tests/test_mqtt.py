@@ -98,6 +98,7 @@ def test_broker_outage_keeps_judging_reconnects_and_counts_drops(bundle, broker)
         wait_for(lambda: sink.stats().dropped > 0, what="drops during the outage")
         st = d.status().sinks["mqtt"]
         assert st.connected is False and "buffer full" in (st.last_error or "")
+        assert st.queued >= 20  # what paho holds for the broker shows as queued
         col_port = broker.port
         broker.start()
         wait_for(lambda: sink.connected(), timeout=20, what="the reconnect")

@@ -16,7 +16,9 @@ the line. What cannot be delivered is counted in SinkStats.dropped with the reas
   - QoS 0 while the broker is away (paho refuses: no connection);
   - QoS 1/2 beyond max_queued messages held by paho during an outage (those within are sent after the reconnect);
   - held messages still unacknowledged when the daemon stops.
-`delivered` counts results and events the broker acknowledged (QoS 0: written to the socket).
+`delivered` counts results and events the broker acknowledged (QoS 0: written to the socket); `queued` the
+sink's queue plus what paho holds for the broker. Status messages are not held during an outage (a stale one
+is worthless): the reconnect sends "online" and a fresh status at once.
 """
 
 from __future__ import annotations
@@ -152,6 +154,12 @@ class MqttSink(QueuedSink):
     def connected(self) -> bool:
         return self._connected.is_set()
 
+    def stats(self):
+        """queued: the sink's queue plus the results and events paho holds for the broker (an outage shows here)."""
+        st = super().stats()
+        st.queued += max(0, self._held)
+        return st
+
     @property
     def connects(self) -> int:
         return self._connects
@@ -224,6 +232,8 @@ class MqttSink(QueuedSink):
     def _status_due(self, final: bool = False) -> None:
         if self.status_fn is None or not (final or time.monotonic() >= self._next_status):
             return
+        if not self._connected.is_set():  # a held status would be stale at the reconnect, which sends a fresh one
+            return
         self._next_status = time.monotonic() + self.status_interval_s
         st = self.status_fn(final=final) if final else self.status_fn()
         self._publish("status", st.model_dump_json().encode(), self.cfg.status_qos, retain=True)
@@ -245,6 +255,7 @@ class MqttSink(QueuedSink):
             with self._pending_lock:
                 left = sum(1 for k in self._pending.values() if k in ("result", "event"))
                 self._pending.clear()
+                self._held = 0
             if left:
                 self.count_dropped(left, "not acknowledged by the broker before the stop")
             self.client.disconnect()
