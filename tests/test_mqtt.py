@@ -235,3 +235,25 @@ def test_tls_and_credentials(bundle, tmp_path):
     finally:
         col.close()
         broker.stop()
+
+
+def test_two_stations_on_one_broker_keep_their_own_client_ids(bundle, broker, tmp_path):
+    """Derived client ids differ per station: both stay connected (one id for both would have the broker
+    kick one off whenever the other connects) and both stations' results arrive under their own topics."""
+    other = make_bundle(tmp_path / "other")
+    col = Collector(broker.port, "agpt/line1/+/result")
+    try:
+        a_cfg = daemon_config(bundle, mqtt=mqtt_cfg(broker.port))
+        b_cfg = daemon_config(other, topic_prefix="line1.station4", mqtt=mqtt_cfg(broker.port))
+        with running(a_cfg, source=CountingSource(n=15)) as a, running(b_cfg, source=CountingSource(n=15)) as b:
+            sa, sb = a.sinks.sinks[0], b.sinks.sinks[0]
+            assert sa.client_id != sb.client_id
+            assert a.wait(20) and b.wait(20)
+            col.wait(lambda c: len(c.on("result")) == 30, what="both stations' results")
+            assert sa.connects == 1 and sb.connects == 1 and sa.connected() and sb.connected()
+        by_topic = {}
+        for topic, payload, *_ in col.on("result"):
+            by_topic.setdefault(topic, []).append(ResultHeader.model_validate_json(payload).frame_id)
+        assert by_topic == {f"{BASE}/result": list(range(1, 16)), "agpt/line1/station4/result": list(range(1, 16))}
+    finally:
+        col.close()
