@@ -176,7 +176,7 @@ def test_agpt_proxy_command_runs_and_stops_on_sigterm(bundle, tmp_path):
         cmd = [sys.executable, "-m", "runtime.cli", "proxy", "--backend", backend, "--log-level", "WARNING"]
         for d in ds:
             cmd += ["--frontend", d.publish_endpoint]
-        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
             with ResultSubscriber(backend, ["line1."]) as sub:

@@ -122,7 +122,7 @@ def test_the_grafana_dashboard_asks_only_for_metrics_the_endpoint_serves(bundle)
 
     from runtime.sinks.mqtt_config import MqttConfig
 
-    dash = json.loads((Path(__file__).resolve().parents[1] / "deploy" / "grafana-dashboard.json").read_text())
+    dash = json.loads((Path(__file__).resolve().parents[2] / "deploy" / "grafana-dashboard.json").read_text())
     exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
     wanted = {n for e in exprs for n in re.findall(r"\b((?:agpt|process)_[a-z_]+)\b", e)}
     assert len(wanted) >= 12

@@ -134,10 +134,10 @@ sys.exit(Daemon(cfg, inspector=FakeInspector(delay=0.01), source=CountingSource(
 def test_last_will_appears_when_the_daemon_process_is_killed(bundle, broker, tmp_path):
     col = Collector(broker.port, f"{BASE}/#")
     script = KILL_SCRIPT.format(
-        tests=str(Path(__file__).parent), bundle=str(bundle), pub=f"ipc://{tmp_path}/pub", ctl=f"ipc://{tmp_path}/ctl",
+        tests=str(Path(__file__).resolve().parents[1]), bundle=str(bundle), pub=f"ipc://{tmp_path}/pub", ctl=f"ipc://{tmp_path}/ctl",
         port=broker.port,
     )  # fmt: skip
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         col.wait(lambda c: c.on("result") and c.on("state"), timeout=30, what="results and 'online'")
