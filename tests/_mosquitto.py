@@ -75,6 +75,8 @@ class Mosquitto:
         if tls:
             lines += [f"cafile {tls['ca']}", f"certfile {tls['cert']}", f"keyfile {tls['key']}"]
         if users:
+            if shutil.which("mosquitto_passwd") is None:
+                pytest.skip("mosquitto_passwd is not installed (it comes with the Debian package `mosquitto`)")
             passwd = self.workdir / "passwd"
             passwd.write_text("")
             for name, pw in users.items():
