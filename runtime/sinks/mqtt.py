@@ -115,6 +115,7 @@ class MqttSink(QueuedSink):
         c.reconnect_delay_set(cfg.reconnect_min_s, cfg.reconnect_max_s)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
+        c.on_connect_fail = self._on_connect_fail
         c.on_publish = self._on_publish
         return c
 
@@ -128,6 +129,10 @@ class MqttSink(QueuedSink):
         self._next_status = 0.0  # the status at once after a reconnect: the retained one may be minutes old
         if self._connects > 1:
             log.info("mqtt: reconnected to %s:%d", self.cfg.host, self.cfg.port)
+
+    def _on_connect_fail(self, client, userdata) -> None:
+        """The TCP (or TLS) connection itself failed: paho waits its backoff and tries again."""
+        self._set_error(f"cannot reach the broker at {self.cfg.host}:{self.cfg.port}; retrying with backoff")
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
         was = self._connected.is_set()
