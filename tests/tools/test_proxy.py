@@ -190,3 +190,31 @@ def test_agpt_proxy_command_runs_and_stops_on_sigterm(bundle, tmp_path):
                 proc.kill()
                 proc.wait(5)
         assert b"-> " + backend.encode() in proc.stdout.read()
+
+
+def test_proxy_unit_is_clean_for_systemd(tmp_path):
+    """deploy/agpt-proxy.service: systemd-analyze verify has nothing to say (ExecStart's binary swapped for one
+    that exists here, as tests/deploy does for agpt.service), and its ExecStart parses as `agpt proxy` arguments."""
+    import argparse
+    import shlex
+    import shutil
+
+    from runtime.tools import proxy as proxy_mod
+
+    unit = (Path(__file__).resolve().parents[2] / "deploy" / "agpt-proxy.service").read_text()
+    exec_line = next(l for l in unit.splitlines() if l.startswith("ExecStart="))
+    argv = shlex.split(exec_line.split("=", 1)[1])
+    assert argv[0].endswith("/agpt") and argv[1] == "proxy"
+    p = argparse.ArgumentParser()
+    proxy_mod.add_arguments(p)
+    args = p.parse_args(argv[2:])
+    assert len(args.frontend) == 2 and args.backend == "tcp://0.0.0.0:5560"
+    tool = shutil.which("systemd-analyze")
+    if not tool:
+        pytest.skip("systemd-analyze not installed")
+    f = tmp_path / "agpt-proxy.service"
+    f.write_text(unit.replace("ExecStart=/opt/agpt/venv/bin/agpt", f"ExecStart={shutil.which('true')}"))
+    r = subprocess.run([tool, "verify", "--man=no", str(f)], capture_output=True, text=True, timeout=60)
+    if r.returncode != 0 and "System has not been booted with systemd" in r.stderr:
+        pytest.skip("systemd-analyze verify needs systemd here")
+    assert r.returncode == 0 and not r.stderr.strip() and not r.stdout.strip(), r.stderr + r.stdout
