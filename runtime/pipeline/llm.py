@@ -137,12 +137,6 @@ class LlmSession:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        try:
-            self.close()
-        except Exception:
-            pass
-
     def tokenize(self, text: str) -> list[int]:
         return self.llama.tokenize(text)
 
