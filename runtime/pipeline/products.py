@@ -407,7 +407,9 @@ def build_pack(
             images.append(s)
             files.append(bytes(shot_bytes[i]) if shot_bytes is not None else encode_png(s))
             if shot_sha256s is None:
-                hashes.append(hashlib.sha256(files[-1] if shot_bytes is not None else np.ascontiguousarray(s).tobytes()).hexdigest())
+                hashes.append(
+                    hashlib.sha256(files[-1] if shot_bytes is not None else np.ascontiguousarray(s).tobytes()).hexdigest()
+                )
         else:
             data = read_image_bytes(s, MAX_SHOT_BYTES)
             images.append(decode_image(data, Path(s)))
@@ -439,15 +441,15 @@ def build_pack(
     }
     if operating_point:
         meta["operating_point"] = dict(check_operating_point(operating_point), judge=OP_JUDGE)
-    pack = ProductPack(
-        name, description, bank, None if tf is None else np.asarray(tf, np.float32), meta, "", files, list(golden)
-    )
+    pack = ProductPack(name, description, bank, None if tf is None else np.asarray(tf, np.float32), meta, "", files, list(golden))
     if calibrate is not None and images:
         pack.meta["calibration"] = dict(calibrate(pack, images) or {})
     return pack
 
 
-def rebuild_with_shots(inspector: Any, pack: ProductPack, extra: Sequence[np.ndarray], extra_files: Sequence[bytes]) -> ProductPack:
+def rebuild_with_shots(
+    inspector: Any, pack: ProductPack, extra: Sequence[np.ndarray], extra_files: Sequence[bytes]
+) -> ProductPack:
     """The pack built again from its kept shots plus `extra` (frames an operator marked as normal): same name,
     description, golden images and operating point; a new bank, calibration and bank id."""
     old = pack.shot_images()
