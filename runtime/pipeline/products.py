@@ -448,11 +448,16 @@ def build_pack(
 
 
 def rebuild_with_shots(
-    inspector: Any, pack: ProductPack, extra: Sequence[np.ndarray], extra_files: Sequence[bytes]
+    inspector: Any,
+    pack: ProductPack,
+    extra: Sequence[np.ndarray],
+    extra_files: Sequence[bytes],
+    decoded: Sequence[np.ndarray] | None = None,
 ) -> ProductPack:
     """The pack built again from its kept shots plus `extra` (frames an operator marked as normal): same name,
-    description, golden images and operating point; a new bank, calibration and bank id."""
-    old = pack.shot_images()
+    description, golden images and operating point; a new bank, calibration and bank id. `decoded`: the kept
+    shots already decoded (pack.shot_images(), e.g. off the inspection loop)."""
+    old = list(decoded) if decoded is not None else pack.shot_images()
     return build_pack(
         inspector,
         pack.name,
