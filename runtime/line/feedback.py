@@ -16,8 +16,8 @@ Frames: the daemon keeps the last keep_frames frames per camera for `ask`; rejec
 operator marks as false rejects) are also kept here, the last keep_rejects per camera, so a mark made a few
 seconds later still finds its frame on a fast line.
 
-The daemon surface this module uses: store, lanes (name, pack), multi, inspector, call_in_loop, _loader,
-_guard, _contexts (FrameContext), _commit(pack, load_ms, lanes) and _event(kind, detail).
+The station surface this module uses: cfg.keep_rejects, store, lanes (name, pack), inspector, kept
+(KeptFrame), loop.call(fn), event(kind, detail); the loader of commands.py; changeover.commit.
 """
 
 from __future__ import annotations
@@ -29,30 +29,19 @@ import os
 import threading
 import time
 from concurrent.futures import Future
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from runtime.errors import AgptError
+from runtime.line import changeover
 from runtime.line.golden import GoldenRefused
+from runtime.line.lanes import KeptFrame
 from runtime.line.messages import FeedbackRequest, Reply, RollbackRequest
 from runtime.pipeline.products import encode_png, rebuild_with_shots
 
 log = logging.getLogger("agpt.feedback")
 
 FEEDBACK_FILE = "feedback.jsonl"
-
-
-@dataclass
-class KeptFrame:
-    frame_id: int
-    camera: str
-    image: np.ndarray
-    judgement: Any
-    pack: Any
-    capture_time: float
 
 
 class FeedbackLog:
@@ -84,34 +73,39 @@ class FeedbackLog:
 
 
 class FeedbackHandlers:
-    def __init__(self, daemon, keep_rejects: int = 32):
-        self.d = daemon
-        self.keep_rejects = int(keep_rejects)
+    def __init__(self, station: Any, commands: Any):
+        """station: the Daemon; commands: its Commands (the loader that runs the slow jobs)."""
+        self.s = station
+        self.commands = commands
         self._rejects: dict[str, collections.deque[KeptFrame]] = {}
         self._log: FeedbackLog | None = None
         self._rebuild_lock = threading.Lock()  # one rebuild at a time (two marks must not both start from one pack)
 
     @property
+    def keep_rejects(self) -> int:
+        return int(getattr(self.s.cfg, "keep_rejects", 0))
+
+    @property
     def log(self) -> FeedbackLog:
         if self._log is None:
-            self._log = FeedbackLog(self.d.store)
+            self._log = FeedbackLog(self.s.store)
         return self._log
 
     # ---- on the loop: after every published result -------------------------------------------------
 
-    def on_result(self, frame_id: int, camera: str, image: np.ndarray, judgement: Any, pack: Any, capture_time: float) -> None:
+    def keep(self, kept: KeptFrame) -> None:
         """Keep rejected frames (verdict anomalous) for a later false-reject mark. Loop thread only."""
-        if self.keep_rejects <= 0 or not getattr(judgement, "verdict", None):
+        if self.keep_rejects <= 0 or not getattr(kept.judgement, "verdict", None):
             return
-        q = self._rejects.get(camera)
+        q = self._rejects.get(kept.camera)
         if q is None:
-            q = self._rejects[camera] = collections.deque(maxlen=self.keep_rejects)
-        q.append(KeptFrame(frame_id, camera, image, judgement, pack, capture_time))
+            q = self._rejects[kept.camera] = collections.deque(maxlen=self.keep_rejects)
+        q.append(kept)
 
     def _find(self, camera: str | None, frame_id: int) -> KeptFrame:
         """The kept frame (loop thread: the deques are only touched there)."""
         hits = {}
-        for c in [*(x for q in self._rejects.values() for x in q), *self.d._contexts]:
+        for c in [*(x for q in self._rejects.values() for x in q), *self.s.kept]:
             if c.frame_id == frame_id and (camera is None or c.camera == camera):
                 hits[c.camera] = c
         if not hits:
@@ -124,24 +118,20 @@ class FeedbackHandlers:
     # ---- control ------------------------------------------------------------------------------------
 
     def handle(self, req: FeedbackRequest | RollbackRequest) -> Reply | Future:
+        """From Commands.handle (the camera, when named, is already checked)."""
         if isinstance(req, FeedbackRequest):
-            if req.camera is not None:
-                try:
-                    self.d.lane(req.camera)
-                except AgptError as e:
-                    return Reply(ok=False, error=str(e))
             if req.add_to_bank and req.kind != "false_reject":
                 return Reply(ok=False, error="add_to_bank: only a false reject (a good part) can join the normal shots")
-            return self.d._loader.submit(self.d._guard, self._feedback_job, req)
+            return self.commands._submit(self._feedback_job, req)
         if isinstance(req, RollbackRequest):
-            return self.d._loader.submit(self.d._guard, self._rollback_job, req)
+            return self.commands._submit(self._rollback_job, req)
         return Reply(ok=False, error=f"unsupported command {req.cmd}")  # pragma: no cover
 
     def _lanes_of(self, product: str) -> list:
-        return [lane for lane in self.d.lanes if lane.pack is not None and lane.pack.name == product]
+        return [lane for lane in self.s.lanes if lane.pack is not None and lane.pack.name == product]
 
     def _feedback_job(self, req: FeedbackRequest) -> Reply:
-        kept = self.d.call_in_loop(lambda: self._find(req.camera, req.frame_id)).result()
+        kept = self.s.loop.call(lambda: self._find(req.camera, req.frame_id)).result()
         j, pack = kept.judgement, kept.pack
         p = getattr(j, "p_anomaly", None)
         record = {
@@ -172,7 +162,7 @@ class FeedbackHandlers:
         return Reply(ok=True, data={**record, "logged": str(path)})
 
     def _add_to_bank(self, kept: KeptFrame) -> dict:
-        store, name = self.d.store, kept.pack.name
+        store, name = self.s.store, kept.pack.name
         t0 = time.perf_counter()
         with self._rebuild_lock:
             if not store.pack_path(name).is_file():
@@ -182,48 +172,48 @@ class FeedbackHandlers:
                 raise AgptError(f"product {name!r} has no normal shots to add to")
             shots = base.shot_images()  # decoded off the loop
             png = encode_png(kept.image)
-            insp = self.d.inspector
+            insp = self.s.inspector
 
             def build():  # only the encoder (and a lite bundle's calibration) on the loop, between two frames
                 return rebuild_with_shots(insp, base, [kept.image], [png], decoded=shots)
 
-            new = self.d.call_in_loop(build).result()
+            new = self.s.loop.call(build).result()
             store.save(new, replace=True)  # atomic; the old pack is kept under history/
             build_ms = (time.perf_counter() - t0) * 1e3
             info = {"previous_bank_id": base.bank_id, "new_bank_id": new.bank_id, "n_shots": new.n_shots,
                     "build_ms": round(build_ms, 3)}  # fmt: skip
-            self.d._event("bank_rebuilt", {"product": name, "frame_id": kept.frame_id, "camera": kept.camera, **info})
+            self.s.event("bank_rebuilt", {"product": name, "frame_id": kept.frame_id, "camera": kept.camera, **info})
             lanes = self._lanes_of(name)
             if lanes:
                 try:
-                    info["changeover"] = self.d._commit(new, build_ms, lanes).data
+                    info["changeover"] = changeover.commit(self.s, new, build_ms, lanes).data
                 except GoldenRefused:
                     store.rollback(name)  # the line keeps the old pack: so does the disk
                     raise
             return info
 
     def _rollback_job(self, req: RollbackRequest) -> Reply:
-        store = self.d.store
+        store = self.s.store
         with self._rebuild_lock:
             restored, replaced = store.rollback(req.product)
             data = {"product": req.product, "bank_id": restored.bank_id, "previous_bank_id": replaced.bank_id}
             lanes = self._lanes_of(req.product)
             if lanes:
                 try:
-                    data["changeover"] = self.d._commit(restored, 0.0, lanes).data
+                    data["changeover"] = changeover.commit(self.s, restored, 0.0, lanes).data
                 except GoldenRefused:
                     store.rollback(req.product)  # undo: the running pack stays the one on disk
                     raise
         record = {"time": time.time(), "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "kind": "rollback",
                   "operator": req.operator, **data}  # fmt: skip
         record.pop("changeover", None)
-        self.d._event("rollback", dict(record))
+        self.s.event("rollback", dict(record))
         path = self.log.append(record)
         return Reply(ok=True, data={**data, "logged": str(path)})
 
     def _record(self, record: dict) -> Path:
         path = self.log.append(record)
-        self.d._event("feedback", dict(record))
+        self.s.event("feedback", dict(record))
         log.info("feedback %s on %s frame %d (%s, bank %s) by %s%s", record["kind"], record["camera"], record["frame_id"],
                  record["product"], record["bank_id"], record["operator"],
                  f": bank rebuilt as {record['new_bank_id']}" if record.get("new_bank_id") else "")  # fmt: skip

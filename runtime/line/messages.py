@@ -154,7 +154,9 @@ class CameraStatus(BaseModel):
     frames_captured: int = Field(description="its last frame_id")
     frames_judged: int = Field(description="its frames judged so far")
     drops: Drops = Field(description="its counters (publish: the daemon's)")
-    golden: GoldenCheck | None = Field(None, description="the last golden check of its pack (None: its pack has none)")
+    golden: GoldenCheck | None = Field(
+        None, description="the last golden check on this camera (a refused one names the pack it refused; None: none yet)"
+    )
 
 
 class Status(BaseModel):
