@@ -130,7 +130,9 @@ def test_feedback_refusals(station):
 
     bundle, insp, store, pack = station
     gate = threading.Event()
-    d = Daemon(daemon_config(bundle, product="cookie"), inspector=insp, source=RepeatSource([np.zeros((64, 64, 3), np.uint8)], gate))
+    d = Daemon(
+        daemon_config(bundle, product="cookie"), inspector=insp, source=RepeatSource([np.zeros((64, 64, 3), np.uint8)], gate)
+    )
     d.start()
     try:
         r = ctl(d, {"cmd": "feedback", "frame_id": 5, "kind": "missed_defect", "operator": "x", "add_to_bank": True})

@@ -313,7 +313,7 @@ def evaluate(
         best = pick_threshold(values, labels)
         roc = roc_points(values, labels)
         row = {
-            "shots": [str(p.relative_to(root)) for p in shot_paths],
+            "shots": [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in shot_paths],
             "calibration": {k: v for k, v in calib.items() if k in ("threshold", "method", "margin", "judge")},
             "judge": sorted(set(judges)),
             "image_auroc": auroc(scores_a, labels),
