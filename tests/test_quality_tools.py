@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,10 +17,8 @@ from runtime.pipeline import products as bank
 from runtime.pipeline.operating import pick_threshold, roc_points
 from runtime.pipeline.products import PackSpec, ProductStore, build_pack, read_pack
 
-import sys
-
 sys.path.insert(0, str(Path(__file__).parent))
-from _daemon_fakes import ENCODER_SHA, N_TAPS, TAP_W, TEXT_DIM, FakeInspector  # noqa: E402
+from _daemon_fakes import ENCODER_SHA, N_TAPS, TAP_W, TEXT_DIM, FakeInspector
 
 SPEC = PackSpec(ENCODER_SHA, (TAP_W,) * N_TAPS, TEXT_DIM)
 
@@ -160,7 +159,7 @@ def test_eval_without_ground_truth_and_plain_folders_match_the_full_set(tmp_path
     plain = tmp_path / "plain"
     shutil.copytree(cookie / "test" / "good", plain / "good")
     shutil.copytree(cookie / "test" / "cracked", plain / "bad")
-    quiet = lambda *_: None  # noqa: E731
+    quiet = lambda *_: None
     kw = dict(shots=1, draws=1, seed=3, inspector=lite_inspector, progress=quiet)
     full = evaluate(lite_bundle, cookie.parent, "cookie", **kw)
     bare = evaluate(lite_bundle, no_gt.parent, "cookie", **kw)

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.errors import AgptError
 from runtime.pipeline.calibrate import (
     AUG_MARGIN,
     LOO_MARGIN,
