@@ -6,16 +6,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from _daemon_fakes import TOPICS, collect, connected, ctl, daemon_config, final_seen
 
 from runtime.pipeline.engines.config import BackendConfig

@@ -6,19 +6,15 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
+from _daemon_fakes import ENCODER_SHA, N_TAPS, TAP_W, TEXT_DIM, FakeInspector
 
 from runtime.errors import AgptError
 from runtime.pipeline import products as bank
 from runtime.pipeline.operating import pick_threshold, roc_points
 from runtime.pipeline.products import PackSpec, ProductStore, build_pack, read_pack
-
-sys.path.insert(0, str(Path(__file__).parent))
-from _daemon_fakes import ENCODER_SHA, N_TAPS, TAP_W, TEXT_DIM, FakeInspector
 
 SPEC = PackSpec(ENCODER_SHA, (TAP_W,) * N_TAPS, TEXT_DIM)
 

@@ -3,16 +3,12 @@
 
 from __future__ import annotations
 
-import sys
 import threading
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-
 from _daemon_fakes import TOPICS, CountingSource, FakeInspector, collect, connected, ctl, daemon_config, final_seen
 
 from runtime.errors import AgptError
