@@ -18,15 +18,18 @@ from typing import Any
 
 from runtime.errors import AgptError
 from runtime.line import changeover
+from runtime.line.feedback import FeedbackHandlers
 from runtime.line.lanes import Lane
 from runtime.line.messages import (
     AddProductRequest,
     AskRequest,
+    FeedbackRequest,
     ListProductsRequest,
     PauseRequest,
     Reply,
     Request,
     ResumeRequest,
+    RollbackRequest,
     StatusRequest,
     SwapBankRequest,
 )
@@ -44,6 +47,7 @@ class Commands:
         self.s = station
         self.loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="loader")
         self._stopping = False
+        self.feedback = FeedbackHandlers(station, self)  # feedback and rollback (feedback.py)
 
     def stop(self) -> None:
         self._stopping = True
@@ -99,6 +103,8 @@ class Commands:
             return self._submit(self.add_product, req)
         if isinstance(req, AskRequest):
             return s.loop.call(lambda: self._guard(self.ask, req))
+        if isinstance(req, (FeedbackRequest, RollbackRequest)):
+            return self.feedback.handle(req)
         return Reply(ok=False, error=f"unsupported command {req.cmd}")  # pragma: no cover
 
     @staticmethod

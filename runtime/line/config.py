@@ -165,6 +165,17 @@ class DaemonConfig(_Strict):
     keep_frames: int = Field(8, ge=1, le=256, description="recent frames kept for the operator's 'ask' question (per camera)")
     start_paused: bool = Field(False, description="start with judging paused (resume over the control channel)")
     shots_root: Path | None = Field(None, description="when set, add_product only reads shot images inside this folder")
+    golden: Literal["warn", "refuse"] = Field(
+        "warn",
+        description="a pack's golden images are judged at start and after every changeover before its first line frame "
+        "(a golden_check event, and in status); when one is misjudged: warn (the pack runs, the event says so) or refuse "
+        "(a changeover is refused and the old pack keeps running; at start the daemon does not start)",
+    )
+    keep_rejects: int = Field(
+        32, ge=0, le=1024,
+        description="per camera, the last rejected frames (verdict anomalous) kept for operator `feedback` beside the "
+        "keep_frames recent ones (a 768x576 frame is 1.3 MB)",
+    )  # fmt: skip
     curve: CurveConfig | None = Field(None, description="CURVE encryption and client authentication (zmq.auth)")
     demo: DemoSetup | None = Field(None, description="set-up for `agpt demo` (bundle and product made on first run)")
     mqtt: MqttConfig | None = Field(None, description="results, status and events to an MQTT broker (None: off; extra `mqtt`)")

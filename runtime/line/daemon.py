@@ -180,6 +180,7 @@ class Daemon:
             self.store = ProductStore(cfg.bundle / "products", self.inspector.pack_spec, self._manifest_products())
         for lane in self.lanes:
             lane.pack = changeover.initial_pack(self, lane)
+        changeover.check_at_start(self)  # golden images, before any socket or frame (refuse: no start)
         self.sinks = Fanout(build_sinks(cfg, self))
         self.sinks.start()  # a sink that cannot start (bad URL, missing extra) refuses the start, before any bind
         self._open_sockets()
@@ -200,6 +201,7 @@ class Daemon:
         first = self.lanes[0]
         self.event("started", {"product": first.pack.name, "bank_id": first.pack.bank_id, "camera": first.name,
                                "cameras": {l.name: {"product": l.pack.name, "bank_id": l.pack.bank_id} for l in self.lanes}})  # fmt: skip
+        changeover.announce_start_checks(self)
         for lane in self.lanes:
             log.info("inspecting %s as %s (bank %s)", lane.name, lane.pack.name, lane.pack.bank_id)
         log.info("results on %s, control on %s; %d camera(s), batches of up to %d", self.publisher.endpoint,

@@ -43,6 +43,7 @@ class Lane:
     failed: int = 0
     paused_drops: int = 0
     last_frame_id: int = 0
+    golden: Any = None  # the last GoldenCheck of its pack (messages.GoldenCheck), for status
     times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
 
     @property

@@ -208,4 +208,5 @@ class InspectionLoop:
         lane.judged += 1
         s.judged += 1
         lane.times.append(time.monotonic())
-        s.kept.append(KeptFrame(frame.frame_id, frame.camera, frame.image, j, pack, frame.capture_time))
+        s.kept.append(kept := KeptFrame(frame.frame_id, frame.camera, frame.image, j, pack, frame.capture_time))
+        s.commands.feedback.keep(kept)  # rejected frames stay longer, for an operator's false-reject mark

@@ -28,6 +28,7 @@ SCHEMA_VERSION = 1
 EVENT_KINDS = (
     "started", "stopping", "changeover", "swap_failed", "product_added", "paused", "resumed",
     "camera_lost", "camera_back", "camera_end", "camera_bad_frame", "judge_error",
+    "golden_check", "feedback", "bank_rebuilt", "rollback",
 )  # fmt: skip
 
 
@@ -85,7 +86,10 @@ class ResultHeader(BaseModel):
     verdict: bool | None = Field(description="True = anomalous; None when the answer had neither Yes nor No")
     p_anomaly: float | None = Field(None, description="P(Yes) / (P(Yes) + P(No)) of the first answer token, when known")
     score: float = Field(description="max of the 224x224 anomaly map (the reference's image score)")
-    judge: str = Field(description="llm-first_token | llm-answer | calibrated-score: what decided the verdict")
+    judge: str = Field(
+        description="llm-first_token | llm-answer | calibrated-score | operating-point (the pack's tuned threshold on "
+        "p_anomaly or score): what decided the verdict"
+    )
     answer: str | None = Field(None, description="the LLM's answer text (answer mode)")
     locations: list[str] = Field(default_factory=list, description="3x3 cell names: 'top left' ... 'bottom right'")
     mask: MaskInfo | None = Field(None, description="the third frame; None when no map was produced (frame 3 empty)")
@@ -111,6 +115,33 @@ class SinkStats(BaseModel):
     last_error: str | None = Field(None, description="the last error the sink met, one line")
 
 
+class GoldenResult(BaseModel):
+    """One golden image of a golden check."""
+
+    name: str = Field(description="the golden image's file name")
+    expected: Literal["good", "bad"]
+    verdict: bool | None = Field(description="True = anomalous")
+    p_anomaly: float | None = None
+    score: float
+    judge: str
+    ok: bool = Field(description="the verdict is the expected one")
+
+
+class GoldenCheck(BaseModel):
+    """The golden images of a pack judged at start or before a changeover's first line frame."""
+
+    product: str
+    bank_id: str
+    camera: str | None = Field(None, description="the camera(s) about to judge with the pack (None: all)")
+    time: float = Field(description="unix time of the check")
+    when: Literal["start", "changeover"]
+    ok: bool = Field(description="every golden image judged as expected")
+    action: Literal["passed", "warned", "refused"] = Field(
+        description="passed; warned (golden: warn, the pack runs anyway); refused (golden: refuse, the old pack kept)"
+    )
+    images: list[GoldenResult] = Field(default_factory=list)
+
+
 class CameraStatus(BaseModel):
     """One camera of the daemon (Status.cameras)."""
 
@@ -123,6 +154,9 @@ class CameraStatus(BaseModel):
     frames_captured: int = Field(description="its last frame_id")
     frames_judged: int = Field(description="its frames judged so far")
     drops: Drops = Field(description="its counters (publish: the daemon's)")
+    golden: GoldenCheck | None = Field(
+        None, description="the last golden check on this camera (a refused one names the pack it refused; None: none yet)"
+    )
 
 
 class Status(BaseModel):
@@ -149,6 +183,7 @@ class Status(BaseModel):
     final: bool = Field(False, description="True on the last status before the daemon exits")
     cameras: list[CameraStatus] = Field(default_factory=list, description="every camera: product, bank, fps, drops")
     sinks: dict[str, SinkStats] = Field(default_factory=dict, description="each configured sink's link and counters, by name")
+    golden: GoldenCheck | None = Field(None, description="the (first) camera's last golden check; each camera's in `cameras`")
 
 
 class Event(BaseModel):
@@ -224,10 +259,35 @@ class ResumeRequest(_Request):
     cmd: Literal["resume"]
 
 
+class FeedbackRequest(_Request):
+    """An operator's mark on a kept frame: a false reject (good part judged defective) or a missed defect.
+
+    Logged with who/when into products/<product>/feedback.jsonl (and a `feedback` event the archive keeps).
+    add_to_bank (false rejects only): the pack is rebuilt off the loop from its shots plus that frame and
+    swapped in between two frames; the old pack stays in history/ (`rollback`)."""
+
+    cmd: Literal["feedback"]
+    frame_id: int = Field(ge=1, description="the frame's id (rejected frames are kept longer than others: keep_rejects)")
+    camera: CameraName | None = Field(None, description="its camera (None: the only camera)")
+    kind: Literal["false_reject", "missed_defect"]
+    operator: Annotated[str, Field(min_length=1, max_length=64)] = Field(description="who marks it (logged)")
+    add_to_bank: bool = Field(False, description="false_reject: add the frame to the product's normal shots")
+    note: Annotated[str, Field(max_length=500)] | None = Field(None, description="free text, logged")
+
+
+class RollbackRequest(_Request):
+    """Put the product's previous pack back (products/<name>/history/) and swap to it where it runs."""
+
+    cmd: Literal["rollback"]
+    product: ProductName
+    operator: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(None, description="who (logged)")
+
+
 Request = Annotated[
-    StatusRequest | ListProductsRequest | SwapBankRequest | AddProductRequest | AskRequest | PauseRequest | ResumeRequest,
+    StatusRequest | ListProductsRequest | SwapBankRequest | AddProductRequest | AskRequest | PauseRequest | ResumeRequest
+    | FeedbackRequest | RollbackRequest,
     Field(discriminator="cmd"),
-]
+]  # fmt: skip
 REQUEST_MODELS = typing.get_args(typing.get_args(Request)[0])
 _REQUEST = TypeAdapter(Request)
 

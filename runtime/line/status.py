@@ -37,6 +37,7 @@ def camera_status(station: Any, lane: Lane) -> CameraStatus:
         frames_captured=cam.frame_id if cam else 0,
         frames_judged=lane.judged,
         drops=drops(station, lane),
+        golden=lane.golden,
     )
 
 
@@ -64,6 +65,7 @@ def status(station: Any, final: bool = False) -> Status:
         final=final,
         cameras=cams,
         sinks=s.sinks.stats(),
+        golden=first.golden,
     )
 
 

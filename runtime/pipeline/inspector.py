@@ -8,6 +8,11 @@ Several cameras: `judge_batch(frames, packs)` runs the same path on N frames at 
 prompt learner see one (N,...) batch each, the maps are made per frame with each camera's own pack, and
 the LLM decodes the N prompts as parallel sequences of one llama.cpp batch. `judge` is a batch of one.
 Frames may be preprocessed ahead of the batch (`prepare`, e.g. on the camera's thread).
+
+Which rule decides the verdict (Judgement.judge): by default the model's own decision (first-token
+P(Yes) > 0.5, or the parsed answer; the calibrated score threshold for bundles without an LLM). A pack with
+an operating point (`agpt bank tune`) decides instead by P(anomaly) > t (LLM bundles) or score > t (lite),
+and the judgement says "operating-point".
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ class Judgement:
     answer: str | None
     locations: list[str]
     map: np.ndarray  # (224,224) float32
-    judge: str  # llm-first_token | llm-answer | calibrated-score | none
+    judge: str  # llm-first_token | llm-answer | calibrated-score | operating-point | none
     latency_ms: dict[str, float] = field(default_factory=dict)
     transform: FrameTransform | None = None
     llm_context: Any = None  # runtime.pipeline.llm.FrameContext, kept by the daemon for follow-up questions
@@ -204,6 +209,9 @@ class Inspector:
         return out
 
     def _judge(self, frames: list, packs: list[ProductPack], questions: list[str | None]) -> list[Judgement]:
+        return [_operating_point(j, pk) for j, pk in zip(self._judge_model(frames, packs, questions), packs)]
+
+    def _judge_model(self, frames: list, packs: list[ProductPack], questions: list[str | None]) -> list[Judgement]:
         n = len(frames)
         lat: dict[str, float] = {}
         prep = self._prepared(frames)
@@ -308,6 +316,10 @@ class Inspector:
             verdict, None, score, None, [peak_location(m)] if verdict else [], m, "calibrated-score", lat, transform, batch=batch
         )
 
+    def decision_value(self) -> str:
+        """What an operating point of this bundle thresholds: p_anomaly (LLM) or score (no LLM)."""
+        return "p_anomaly" if self.llm is not None else "score"
+
     def ask(self, ctx, question: str) -> str:
         """An operator's follow-up question about a judged frame (the line's KeptFrame or Judgement)."""
         if self.llm is None:
@@ -317,3 +329,23 @@ class Inspector:
         if llm_ctx is None:
             raise AgptError("that frame was not judged by the LLM")
         return self.llm.ask(llm_ctx, question, self.max_new_tokens).text
+
+
+def _operating_point(j: Judgement, pack: ProductPack) -> Judgement:
+    """The pack's operating point, when it has one, decides instead of the model's own rule."""
+    op = pack.operating_point
+    if not op:
+        return j
+    value = j.p_anomaly if op["rule"] == "p_anomaly" else j.score
+    if value is None:
+        raise AgptError(
+            f"product {pack.name!r}: its operating point thresholds {op['rule']}, which this bundle does not give "
+            "(tune it again with this bundle)"
+        )
+    j.verdict = bool(float(value) > float(op["threshold"]))
+    j.judge = "operating-point"
+    if j.verdict and not j.locations:
+        j.locations = [peak_location(j.map)]
+    elif not j.verdict and j.answer is None:
+        j.locations = []
+    return j

@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.errors import AgptError
 from runtime.pipeline.calibrate import (
     AUG_MARGIN,
     LOO_MARGIN,
@@ -19,7 +18,7 @@ from runtime.pipeline.calibrate import (
     loo_scores,
 )
 from runtime.pipeline.maps import bank_map
-from runtime.tools.evaluate import auroc, list_samples, markdown
+from runtime.tools.evaluate import auroc, list_samples, markdown, pixel_note
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "datasets"
@@ -131,9 +130,10 @@ def test_sample_subset_keeps_every_type(tmp_path):
     s = list_samples(cat, max_images=2)
     assert sorted(x.defect for x in s) == ["crack", "good"]
     assert len(list_samples(cat)) == 6
-    cat2 = _fake_category(tmp_path / "b", with_mask=False)
-    with pytest.raises(AgptError, match="ground-truth mask"):
-        list_samples(cat2)
+    cat2 = _fake_category(tmp_path / "b", with_mask=False)  # image labels only: accepted, pixel metrics left out
+    s2 = list_samples(cat2)
+    assert len(s2) == 6 and all(x.mask_path is None for x in s2)
+    assert "pixel metrics left out" in pixel_note(cat2, s2) and pixel_note(cat, list_samples(cat)) is None
 
 
 @pytest.fixture(scope="module")
