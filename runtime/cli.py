@@ -1,6 +1,7 @@
 """`agpt`: one console command, subcommands imported lazily.
 
-A subcommand is a module with add_arguments(parser) and run(args) -> int. Export subcommands live in
+A subcommand is a module with add_arguments(parser) and run(args) -> int ("module:name": that object of the
+module, for a module that holds several subcommands). Export subcommands live in
 export/ and import torch; they are only imported when asked for, so `agpt run` works without torch.
 """
 
@@ -30,7 +31,17 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
     ("bench",): ("runtime.tools.bench", "per-stage latency and throughput, ours vs the reference"),
     ("health",): ("runtime.tools.health", "ask a running daemon for its status (exit 0 when healthy)"),
     ("proxy",): ("runtime.tools.proxy", "one address for every station's results: a ZeroMQ XSUB/XPUB forwarder"),
+    ("archive", "query"): ("runtime.tools.archive:query", "rows of the traceability archive by time, product, verdict, lot"),
+    ("archive", "export"): (
+        "runtime.tools.archive:export",
+        "an audit's CSV plus the images of a selection, into a folder or zip",
+    ),
 }
+
+
+# a missing module -> the extra that installs it
+EXTRAS = {m: "export" for m in ("torch", "transformers", "onnx", "gguf", "sentencepiece")} | {
+    "sqlalchemy": "archive", "psycopg": "archive"}  # fmt: skip
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,12 +65,14 @@ def main(argv: list[str] | None = None) -> int:
         _parser().parse_args(argv)
         return 2
     module_name, help_ = COMMANDS[path]
+    module_name, _, attr = module_name.partition(":")
     try:
         module = importlib.import_module(module_name)
+        module = getattr(module, attr) if attr else module
     except ModuleNotFoundError as e:
         missing = e.name or "?"
-        extra = missing.split(".")[0] in {"torch", "transformers", "onnx", "gguf", "sentencepiece"}
-        hint = " (install the export extra: pip install 'anomalygpt-edge[export]')" if extra else ""
+        extra = EXTRAS.get(missing.split(".")[0])
+        hint = f" (install the {extra} extra: pip install 'anomalygpt-edge[{extra}]')" if extra else ""
         print(f"agpt: error: '{' '.join(path)}' needs the module {missing}{hint}", file=sys.stderr)
         return 2
     sub = argparse.ArgumentParser(prog="agpt " + " ".join(path), description=help_)

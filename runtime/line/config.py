@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from runtime.errors import AgptError
 from runtime.names import CAMERA_RE, PRODUCT_RE, TOPIC_RE
 from runtime.pipeline.engines.config import BackendConfig
+from runtime.sinks.archive.config import ArchiveConfig
 from runtime.sinks.metrics_config import MetricsConfig
 from runtime.sinks.mqtt_config import MqttConfig
 
@@ -180,6 +181,10 @@ class DaemonConfig(_Strict):
     demo: DemoSetup | None = Field(None, description="set-up for `agpt demo` (bundle and product made on first run)")
     mqtt: MqttConfig | None = Field(None, description="results, status and events to an MQTT broker (None: off; extra `mqtt`)")
     metrics: MetricsConfig | None = Field(None, description="Prometheus /metrics endpoint (None: off; extra `metrics`)")
+    archive: ArchiveConfig | None = Field(
+        None, description="the traceability archive: every result and event as a row, reject images, retention (None: off; "
+        "docs/archive.md)",
+    )  # fmt: skip
 
     @field_validator("publish", "control")
     @classmethod
@@ -264,6 +269,8 @@ def load_config(path: str | Path, **overrides) -> DaemonConfig:
     for cam in cfg.camera_list:
         if cam.kind in ("file", "folder") and not Path(str(cam.source)).is_absolute():
             cam.source = str(base / str(cam.source))
+    if cfg.archive is not None:
+        cfg.archive = cfg.archive.resolved(base)
     if cfg.curve is not None:
         cfg.curve.server_secret_key = _resolve(base, cfg.curve.server_secret_key) or cfg.curve.server_secret_key
         cfg.curve.authorized_clients = _resolve(base, cfg.curve.authorized_clients) or cfg.curve.authorized_clients

@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 EVENT_KINDS = (
     "started", "stopping", "changeover", "swap_failed", "product_added", "paused", "resumed",
     "camera_lost", "camera_back", "camera_end", "camera_bad_frame", "judge_error",
-    "golden_check", "feedback", "bank_rebuilt", "rollback",
+    "golden_check", "feedback", "bank_rebuilt", "rollback", "archive_drop",
 )  # fmt: skip
 
 
@@ -103,6 +103,8 @@ class ResultHeader(BaseModel):
     batch: int = Field(
         1, description="frames judged together in one batch (several cameras); the model stages' latency_ms are the whole batch's"
     )
+    part_id: str | None = Field(None, description="the part in front of this camera, as the last set_part named it")
+    lot: str | None = Field(None, description="its lot, as the last set_part named it")
 
 
 class SinkStats(BaseModel):
@@ -283,9 +285,24 @@ class RollbackRequest(_Request):
     operator: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(None, description="who (logged)")
 
 
+PartText = Annotated[
+    str, Field(min_length=1, max_length=128, pattern=r"^[^\x00-\x1f\x7f]+$", description="1-128 printable characters")
+]
+
+
+class SetPartRequest(_Request):
+    """The part (and lot) now in front of a camera, from the line controller: the camera's next results carry it
+    (ResultHeader.part_id / lot, and the archive's rows, so an audit finds every part of a lot)."""
+
+    cmd: Literal["set_part"]
+    part_id: PartText | None = Field(description="the part's id (serial, DMC, tray slot ...); None: no part known")
+    lot: PartText | None = Field(None, description="its lot or batch")
+    camera: CameraName | None = Field(None, description="only this camera (None: every camera)")
+
+
 Request = Annotated[
     StatusRequest | ListProductsRequest | SwapBankRequest | AddProductRequest | AskRequest | PauseRequest | ResumeRequest
-    | FeedbackRequest | RollbackRequest,
+    | FeedbackRequest | RollbackRequest | SetPartRequest,
     Field(discriminator="cmd"),
 ]  # fmt: skip
 REQUEST_MODELS = typing.get_args(typing.get_args(Request)[0])

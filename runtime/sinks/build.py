@@ -9,7 +9,7 @@ from runtime.errors import AgptError
 from runtime.sinks.base import Sink
 
 # config key -> (the module the sink needs, the extra that installs it)
-EXTRAS = {"mqtt": ("paho.mqtt.client", "mqtt"), "metrics": ("prometheus_client", "metrics")}
+EXTRAS = {"mqtt": ("paho.mqtt.client", "mqtt"), "metrics": ("prometheus_client", "metrics"), "archive": ("sqlalchemy", "archive")}
 
 
 def require_extra(key: str) -> None:
@@ -36,4 +36,20 @@ def build_sinks(cfg: Any, daemon: Any) -> list[Sink]:
         from runtime.sinks.metrics import MetricsSink
 
         sinks.append(MetricsSink(cfg.metrics, status_fn))
+    if getattr(cfg, "archive", None) is not None:
+        require_extra("archive")
+        from runtime.sinks.archive.writer import ArchiveSink
+
+        sinks.append(ArchiveSink(cfg.archive, on_event=_daemon_events(daemon)))
     return sinks
+
+
+def _daemon_events(daemon: Any):
+    """A sink's own events (archive_drop) raised through the daemon: its publisher and every sink. Events before
+    the publisher exists (a sink's start) only reach the log."""
+
+    def emit(kind: str, detail: dict) -> None:
+        if getattr(daemon, "publisher", None) is not None:
+            daemon._event(kind, detail)
+
+    return emit if daemon is not None else None
