@@ -1,8 +1,8 @@
 """`agpt archive query` and `agpt archive export`: the audit's two commands on the traceability archive.
 
-    agpt archive query --url sqlite:///archive/results.db --lot 4711 --json
-    agpt archive query --url postgresql://agpt@plant-db/agpt --since 7d --verdict anomalous --csv
-    agpt archive export --url sqlite:///archive/results.db --lot 4711 --out lot4711.zip
+agpt archive query --url sqlite:///archive/results.db --lot 4711 --json
+agpt archive query --url postgresql://agpt@plant-db/agpt --since 7d --verdict anomalous --csv
+agpt archive export --url sqlite:///archive/results.db --lot 4711 --out lot4711.zip
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ from runtime.sinks.archive import query as aq
 
 def _filters(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", required=True, help="the archive: sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
-    p.add_argument("--since", help="from this time on: ISO 8601 (local time unless a zone is given), unix seconds, or 24h / 7d ago")
+    p.add_argument(
+        "--since", help="from this time on: ISO 8601 (local time unless a zone is given), unix seconds, or 24h / 7d ago"
+    )
     p.add_argument("--until", help="before this time (same forms)")
     p.add_argument("--product", help="only this product")
     p.add_argument("--verdict", help="anomalous (reject), normal (good) or unknown")

@@ -60,7 +60,8 @@ def make_engine(cfg: ArchiveConfig) -> sa.Engine:
             c = dbapi_conn.cursor()
             c.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes on a new database (before its first table)
             c.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
-            c.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: a commit is not an fsync; a power cut loses the last rows, never the file
+            # WAL + NORMAL: a commit is not an fsync; a power cut loses the last rows, never the file
+            c.execute("PRAGMA synchronous=NORMAL")
             c.execute(f"PRAGMA busy_timeout={int(cfg.busy_timeout_ms)}")
             c.close()
 
