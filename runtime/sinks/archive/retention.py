@@ -131,5 +131,9 @@ class Retention:
         try:
             with conn.begin():
                 conn.exec_driver_sql("PRAGMA incremental_vacuum")
+            # the deletes went through the WAL, which keeps its size (up to ~4 MB before an automatic
+            # checkpoint): on a nearly full disk that is space too; TRUNCATE gives it back
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").all()
+            conn.commit()
         except sa.exc.DBAPIError as e:  # best effort: the pages are reused by the next rows anyway
             log.debug("incremental_vacuum: %s", e)

@@ -63,6 +63,7 @@ def make_engine(cfg: ArchiveConfig) -> sa.Engine:
             # WAL + NORMAL: a commit is not an fsync; a power cut loses the last rows, never the file
             c.execute("PRAGMA synchronous=NORMAL")
             c.execute(f"PRAGMA busy_timeout={int(cfg.busy_timeout_ms)}")
+            c.execute("PRAGMA journal_size_limit=4194304")  # a checkpointed WAL shrinks back to 4 MB at most
             c.close()
 
         return engine
