@@ -22,7 +22,9 @@ import pytest
 
 
 def pg_bin() -> Path | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0)
+    found = sorted(
+        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(p.split("/")[4]) if p.split("/")[4].isdigit() else 0
+    )
     return Path(found[-1]).parent if found else None
 
 
@@ -60,7 +62,9 @@ class PostgresServer:
     def start(self) -> None:
         # unix sockets in our folder (not /var/run/postgresql, which may be absent), TCP on loopback only
         opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.root} -c fsync=off -c max_connections=20"
-        r = self._run("pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "-t", "30", "start", check=False)
+        r = self._run(
+            "pg_ctl", "-D", str(self.data), "-o", opts, "-l", str(self.root / "log"), "-w", "-t", "30", "start", check=False
+        )
         if r.returncode:
             log = (self.root / "log").read_text()[-800:] if (self.root / "log").exists() else ""
             raise RuntimeError(f"pg_ctl start failed: {r.stderr.strip()[-300:]} {log}")

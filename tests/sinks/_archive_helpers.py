@@ -64,7 +64,9 @@ def small_disk(size_mb: int = 2):
             r2 = subprocess.run(["mount", "-o", "loop", str(image), str(root)], capture_output=True, text=True)
             mounted = r2.returncode == 0
             if not mounted:
-                pytest.skip(f"no small file system: tmpfs mount refused ({r.stderr.strip()}), loop mount refused ({r2.stderr.strip()})")
+                pytest.skip(
+                    f"no small file system: tmpfs mount refused ({r.stderr.strip()}), loop mount refused ({r2.stderr.strip()})"
+                )
         else:
             pytest.skip(f"no small file system: tmpfs mount refused ({r.stderr.strip()}) and no mkfs.ext4")
         yield root

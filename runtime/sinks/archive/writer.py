@@ -58,8 +58,12 @@ def make_engine(cfg: ArchiveConfig) -> sa.Engine:
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record):
             c = dbapi_conn.cursor()
-            c.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes on a new database (before its first table)
-            c.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
+            # each asked only when it changes something: setting them on an existing database takes a lock, and
+            # a connection must open while another process holds one (its writes are then dropped, not its start)
+            if c.execute("PRAGMA page_count").fetchone()[0] == 0:
+                c.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only possible before the first table
+            if c.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                c.execute("PRAGMA journal_mode=WAL")  # readers never block the writer, nor it them
             # WAL + NORMAL: a commit is not an fsync; a power cut loses the last rows, never the file
             c.execute("PRAGMA synchronous=NORMAL")
             c.execute(f"PRAGMA busy_timeout={int(cfg.busy_timeout_ms)}")
@@ -118,6 +122,7 @@ class ArchiveSink(QueuedSink):
         self.events_written = 0
         self.events_dropped = 0
         self._reported = (0, 0)  # (rows_dropped, events_dropped) at the last archive_drop event
+        self._drop_error = ""  # why the last row or event was dropped
         self._last_report = 0.0
         self.drop_reports = 0
 
@@ -226,19 +231,21 @@ class ArchiveSink(QueuedSink):
     def _put(self, item: tuple[str, Any]) -> None:
         # as QueuedSink._put, counting rows and events apart (rows = frames_judged - rows_dropped)
         if self._stopping.is_set():
-            self._count_drop(item[0])
+            self._count_drop(item)
             return
         try:
             self._q.put_nowait(item)
         except Exception:  # queue.Full
-            self._count_drop(item[0])
+            self._count_drop(item)
 
-    def _count_drop(self, kind: str, error: str | None = None) -> None:
+    def _count_drop(self, item: tuple[str, Any], error: str | None = None) -> None:
+        kind, obj = item
         with self._counts_lock:
             if kind == "result":
                 self.rows_dropped += 1
-            else:
+            elif not _own_report(obj):
                 self.events_dropped += 1
+            self._drop_error = error or "the archive's queue is full (the database is slower than the line)"
         self.count_dropped(1, error)
 
     def handle_result(self, result: SinkResult) -> None:
@@ -252,6 +259,7 @@ class ArchiveSink(QueuedSink):
             self.images.remove([image_rel, mask_rel])  # no file without its row
             with self._counts_lock:
                 self.rows_dropped += 1  # QueuedSink counts it in SinkStats.dropped when this re-raises
+                self._drop_error = _one_line(e)
             self._failed(e)
             raise
         finally:
@@ -270,7 +278,8 @@ class ArchiveSink(QueuedSink):
                 ))  # fmt: skip
         except Exception as e:
             with self._counts_lock:
-                self.events_dropped += 1
+                self.events_dropped += 0 if _own_report(event) else 1
+                self._drop_error = _one_line(e)
             self._failed(e)
             raise
         finally:
@@ -300,12 +309,13 @@ class ArchiveSink(QueuedSink):
     def _report_drops(self, force: bool = False, raise_event: bool = True) -> None:
         with self._counts_lock:
             now = (self.rows_dropped, self.events_dropped)
+            error = self._drop_error
         if now == self._reported or (not force and time.monotonic() - self._last_report < self.cfg.drop_event_interval_s):
             return
         detail = {
             "rows": now[0] - self._reported[0], "events": now[1] - self._reported[1],
             "rows_total": now[0], "events_total": now[1], "rows_written": self.rows_written,
-            "error": self.stats().last_error or self._down_reason,
+            "error": error,
         }  # fmt: skip
         self._reported = now
         self._last_report = time.monotonic()
@@ -321,6 +331,12 @@ class ArchiveSink(QueuedSink):
     def stop(self, timeout: float = 5.0) -> None:
         super().stop(timeout)
         self._report_drops(force=True, raise_event=False)  # the last drops reach the log (the publisher is gone by now)
+
+
+def _own_report(event: Any) -> bool:
+    """An archive_drop event the archive could not write itself: counted in SinkStats.dropped, but reporting it
+    again would raise an event per dropped event, for as long as the database is down."""
+    return getattr(event, "kind", None) == "archive_drop"
 
 
 def _one_line(e: BaseException) -> str:

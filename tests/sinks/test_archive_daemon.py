@@ -1,0 +1,141 @@
+"""The archive in the daemon, end to end with the fake inspector: every judged frame has its row
+(rows == frames_judged - archive row drops, and no drops on a healthy disk); a locked database or a full disk
+drops rows (counted, raised as archive_drop events) and never frames."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import threading
+
+import pytest
+
+sa = pytest.importorskip("sqlalchemy", reason="the archive extra (sqlalchemy) is not installed")
+
+from _archive_helpers import small_disk, wait_until  # noqa: E402
+from _daemon_fakes import (  # noqa: E402
+    TOPICS,
+    CountingSource,
+    FakeInspector,
+    collect,
+    connected,
+    daemon_config,
+    final_seen,
+    make_bundle,
+    run_to_end,
+)
+
+from runtime.errors import AgptError  # noqa: E402
+from runtime.line.config import load_config  # noqa: E402
+from runtime.line.daemon import Daemon  # noqa: E402
+from runtime.sinks.archive import schema  # noqa: E402
+from runtime.sinks.archive.config import ArchiveConfig  # noqa: E402
+from runtime.sinks.archive.writer import make_engine  # noqa: E402
+from runtime.tools.subscribe import ResultSubscriber  # noqa: E402
+
+
+@pytest.fixture()
+def bundle(tmp_path):
+    return make_bundle(tmp_path / "bundle")
+
+
+def _rows(url, *cols):
+    eng = make_engine(ArchiveConfig(url=url))
+    with eng.connect() as c:
+        rows = c.execute(sa.select(*(schema.results.c[n] for n in cols)).order_by(schema.results.c.id)).all()
+        kinds = [r.kind for r in c.execute(sa.select(schema.events.c.kind).order_by(schema.events.c.id))]
+    eng.dispose()
+    return rows, kinds
+
+
+def _archive(d: Daemon):
+    return next(s for s in d.sinks.sinks if s.name == "archive")
+
+
+def test_every_judged_frame_has_its_row(bundle, tmp_path):
+    url = f"sqlite:///{tmp_path}/archive/results.db"
+    cfg = daemon_config(bundle, archive=ArchiveConfig(url=url, images="rejects"))
+    d, bag = run_to_end(cfg, FakeInspector(), source=CountingSource(n=60))
+    sink = _archive(d)
+    rows, kinds = _rows(url, "frame_id", "verdict", "product", "bank_id", "image_path", "line", "station")
+    assert d.judged == 60 and len(bag["results"]) == 60
+    assert (len(rows), sink.rows_dropped) == (d.judged, 0)
+    assert [r.frame_id for r in rows] == list(range(1, 61))
+    by_id = {m.header.frame_id: m.header for m in bag["results"]}
+    for r in rows:
+        h = by_id[r.frame_id]
+        assert (r.verdict, r.product, r.bank_id, r.line, r.station) == (h.verdict, h.product, h.bank_id, h.line, h.station)
+        assert (r.image_path is not None) == bool(h.verdict)
+    assert kinds[0] == "started" and kinds[-1] == "stopping"
+    final = next(s for s in bag["statuses"] if s.final)
+    assert final.sinks["archive"].dropped == 0 and final.sinks["archive"].connected
+
+
+def test_locked_database_drops_rows_never_frames(bundle, tmp_path):
+    db = tmp_path / "results.db"
+    url = f"sqlite:///{db}"
+    cfg = daemon_config(bundle, archive=ArchiveConfig(url=url, busy_timeout_ms=20, drop_event_interval_s=0.05))
+    eng = make_engine(ArchiveConfig(url=url))  # the database exists before the lock is taken
+    with eng.connect() as c:
+        schema.migrate(c)
+    eng.dispose()
+    other = sqlite3.connect(db, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+    gate = threading.Event()
+    d = Daemon(cfg, inspector=FakeInspector(), source=CountingSource(n=200, gate=gate, period=0.002))
+    d.start()
+    sink = _archive(d)
+    with ResultSubscriber(d.publish_endpoint, TOPICS) as sub:
+        try:
+            connected(sub)
+            gate.set()
+            wait_until(lambda: sink.rows_dropped >= 5, what="rows dropped behind the lock")
+            other.execute("COMMIT")  # the lock goes away: writing resumes
+            other.close()
+            assert d.wait(30)
+        finally:
+            d.shutdown()
+        bag = collect(sub, final_seen)
+    rows, _ = _rows(url, "frame_id")
+    assert d.judged == 200 and len(bag["results"]) == 200  # every frame judged and published
+    assert sink.rows_dropped >= 5
+    assert len(rows) == d.judged - sink.rows_dropped
+    assert rows[-1].frame_id == 200  # writing resumed once the lock was gone
+    drops = [e for e in bag["events"] if e.kind == "archive_drop"]
+    assert drops and sum(e.detail["rows"] for e in drops) <= sink.rows_dropped
+    assert any("locked" in e.detail["error"] for e in drops)
+    final = next(s for s in bag["statuses"] if s.final)
+    assert final.sinks["archive"].dropped >= sink.rows_dropped
+
+
+def test_full_disk_the_daemon_keeps_running(bundle):
+    with small_disk(2) as disk:
+        url = f"sqlite:///{disk}/results.db"
+        big = daemon_config(bundle, archive=ArchiveConfig(url=url, images="all", jpeg_quality=100))
+        d, bag = run_to_end(big, FakeInspector(), source=CountingSource(n=150, shape=(480, 640)))
+        sink = _archive(d)
+        assert d.judged == 150 and len(bag["results"]) == 150
+        assert d.stop_reason == "camera_end" and d.exit_code == 0
+        assert sink.rows_written + sink.rows_dropped == 150
+        assert sink.rows_dropped > 0  # the disk filled up: rows dropped and counted, frames not
+
+
+def test_config_file_paths_and_missing_extra(bundle, tmp_path, monkeypatch):
+    conf = tmp_path / "conf"
+    conf.mkdir()
+    (conf / "line.yaml").write_text(
+        f"bundle: {bundle}\nproduct: widget\ncamera: {{kind: synthetic, source: test}}\n"
+        "archive:\n  url: sqlite:///archive/results.db\n  images: all\n  retention: {max_age_days: 30, min_free_percent: 10}\n"
+    )
+    cfg = load_config(conf / "line.yaml")
+    assert cfg.archive.sqlite_path == conf / "archive" / "results.db"
+    assert cfg.archive.image_root == conf / "archive" / "images"
+    with pytest.raises(AgptError, match="archive.retention.min_free_percent"):
+        (conf / "bad.yaml").write_text((conf / "line.yaml").read_text().replace("min_free_percent: 10", "min_free_percent: 120"))
+        load_config(conf / "bad.yaml")
+    # without the archive extra: one line at start, naming it
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)
+    monkeypatch.delitem(sys.modules, "runtime.sinks.archive.writer", raising=False)
+    d = Daemon(daemon_config(bundle, archive=ArchiveConfig(url=f"sqlite:///{tmp_path}/x.db")), inspector=FakeInspector())
+    with pytest.raises(AgptError, match=r"archive extra: pip install 'anomalygpt-edge\[archive\]'"):
+        d.start()
