@@ -30,6 +30,7 @@ from runtime.line.messages import (
     Request,
     ResumeRequest,
     RollbackRequest,
+    SetPartRequest,
     StatusRequest,
     SwapBankRequest,
 )
@@ -38,7 +39,7 @@ from runtime.pipeline.products import build_pack, read_image
 log = logging.getLogger("agpt.daemon")
 
 # answered on the control thread itself: they only read state or flip a flag
-FAST_COMMANDS = (StatusRequest, ListProductsRequest, PauseRequest, ResumeRequest)
+FAST_COMMANDS = (StatusRequest, ListProductsRequest, PauseRequest, ResumeRequest, SetPartRequest)
 
 
 class Commands:
@@ -105,6 +106,8 @@ class Commands:
             return s.loop.call(lambda: self._guard(self.ask, req))
         if isinstance(req, (FeedbackRequest, RollbackRequest)):
             return self.feedback.handle(req)
+        if isinstance(req, SetPartRequest):
+            return self.set_part(req)
         return Reply(ok=False, error=f"unsupported command {req.cmd}")  # pragma: no cover
 
     @staticmethod
@@ -116,6 +119,14 @@ class Commands:
         except Exception as e:
             log.exception("control job failed")
             return Reply(ok=False, error=f"{type(e).__name__}: {str(e)[:300]}")
+
+    def set_part(self, req: SetPartRequest) -> Reply:
+        """On the control thread: frames captured from now on carry this part (and lot) in their results."""
+        since = time.time()
+        for lane in self._targets(req.camera):
+            lane.parts.set(req.part_id, req.lot, since)
+        return Reply(ok=True, data={"part_id": req.part_id, "lot": req.lot, "since": since,
+                                    "cameras": [l.name for l in self._targets(req.camera)]})  # fmt: skip
 
     # ---- the slow ones -------------------------------------------------------------------------------------
 

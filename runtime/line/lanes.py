@@ -14,6 +14,7 @@ import numpy as np
 
 from runtime.line.camera import Camera
 from runtime.line.config import CameraConfig
+from runtime.line.parts import PartTracker
 from runtime.pipeline.products import ProductPack
 
 
@@ -45,6 +46,7 @@ class Lane:
     last_frame_id: int = 0
     golden: Any = None  # the last GoldenCheck of its pack (messages.GoldenCheck), for status
     times: collections.deque = field(default_factory=lambda: collections.deque(maxlen=64))
+    parts: PartTracker = field(default_factory=PartTracker)  # set_part: the part in front of this camera
 
     @property
     def name(self) -> str:

@@ -199,7 +199,7 @@ class InspectionLoop:
     def publish(self, lane: Lane, frame: Frame, pack: ProductPack, j: Any, t0: float, t1: float, batch: int = 1) -> None:
         s = self.s
         header, png = make_result(frame, pack, j, t0, t1, prefix=s.cfg.topic_prefix, inspector=s.inspector,
-                                  drops=s.drops(lane), batch=batch)  # fmt: skip
+                                  drops=s.drops(lane), batch=batch, part=lane.parts.at(frame.capture_time))  # fmt: skip
         s.publisher.publish_result(header, png)
         s.sinks.result(SinkResult(header, png, frame.image, getattr(j, "map", None)))
         if header.truth is not None and header.truth.label is not None:

@@ -63,9 +63,10 @@ def make_result(
     inspector: Any = None,
     drops: Drops | None = None,
     batch: int = 1,
+    part: tuple[str | None, str | None] = (None, None),
 ) -> tuple[ResultHeader, bytes]:
     """(header, mask PNG) for one judged frame. t0/t1: monotonic times around the judge call. Raises on a
-    judgement the header refuses (the caller fails that frame, never the loop)."""
+    judgement the header refuses (the caller fails that frame, never the loop). part: (part_id, lot) from set_part."""
     png, size = encode_mask(getattr(j, "map", None))
     mask = None
     if size is not None:
@@ -100,5 +101,7 @@ def make_result(
         drops=drops or Drops(),
         truth=truth_of(frame),
         batch=batch,
+        part_id=part[0],
+        lot=part[1],
     )
     return header, png

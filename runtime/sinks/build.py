@@ -50,6 +50,6 @@ def _daemon_events(daemon: Any):
 
     def emit(kind: str, detail: dict) -> None:
         if getattr(daemon, "publisher", None) is not None:
-            daemon._event(kind, detail)
+            daemon.event(kind, detail)
 
     return emit if daemon is not None else None

@@ -19,9 +19,11 @@ from _daemon_fakes import (  # noqa: E402
     FakeInspector,
     collect,
     connected,
+    ctl,
     daemon_config,
     final_seen,
     make_bundle,
+    multi_config,
     run_to_end,
 )
 
@@ -139,3 +141,51 @@ def test_config_file_paths_and_missing_extra(bundle, tmp_path, monkeypatch):
     d = Daemon(daemon_config(bundle, archive=ArchiveConfig(url=f"sqlite:///{tmp_path}/x.db")), inspector=FakeInspector())
     with pytest.raises(AgptError, match=r"archive extra: pip install 'anomalygpt-edge\[archive\]'"):
         d.start()
+
+
+def test_set_part_stamps_results_and_rows_by_capture_time(bundle, tmp_path):
+    url = f"sqlite:///{tmp_path}/results.db"
+    cfg = multi_config(bundle, [{"name": "cam0"}, {"name": "cam1"}], archive=ArchiveConfig(url=url, images="none"))
+    gate = threading.Event()
+    srcs = {"cam0": CountingSource(n=80, gate=gate, period=0.002), "cam1": CountingSource(n=80, gate=gate, period=0.002)}
+    d = Daemon(cfg, inspector=FakeInspector(), sources=srcs)
+    d.start()
+    with ResultSubscriber(d.publish_endpoint, TOPICS) as sub:
+        try:
+            connected(sub)
+            r = ctl(d, {"cmd": "set_part", "part_id": "P-1", "lot": "4711"})  # every camera
+            assert r["ok"] and r["data"]["cameras"] == ["cam0", "cam1"]
+            assert ctl(d, {"cmd": "set_part", "part_id": "X", "camera": "nope"})["ok"] is False
+            bad = ctl(d, {"cmd": "set_part", "part_id": "", "lot": "4711"})
+            assert not bad["ok"] and "part_id" in bad["error"]
+            gate.set()
+            bag = collect(sub, lambda b: len([m for m in b["results"] if m.header.camera == "cam1"]) >= 10)
+            assert ctl(d, {"cmd": "set_part", "part_id": "P-2", "lot": "4712", "camera": "cam1"})["ok"]
+            assert d.wait(30)
+        finally:
+            d.shutdown()
+        rest = collect(sub, final_seen)
+    results = bag["results"] + rest["results"]
+    assert d.judged == 160 and len(results) == 160
+    rows, _ = _rows(url, "camera", "frame_id", "part_id", "lot")
+    assert len(rows) == d.judged
+    header = {(m.header.camera, m.header.frame_id): (m.header.part_id, m.header.lot) for m in results}
+    for r in rows:  # the archive keeps what the header said
+        assert header[(r.camera, r.frame_id)] == (r.part_id, r.lot)
+    cam0 = [r.lot for r in rows if r.camera == "cam0"]
+    cam1 = [r.lot for r in sorted((r for r in rows if r.camera == "cam1"), key=lambda r: r.frame_id)]
+    assert set(cam0) == {"4711"}  # the second set_part was for cam1 only
+    assert cam1[0] == "4711" and cam1[-1] == "4712"
+    switch = cam1.index("4712")
+    assert set(cam1[:switch]) == {"4711"} and set(cam1[switch:]) == {"4712"}  # by capture order, one switch
+
+
+def test_part_tracker_goes_by_capture_time():
+    from runtime.line.parts import PartTracker
+
+    t = PartTracker(keep=3)
+    assert t.at(5.0) == (None, None)
+    t.set("A", "L1", since=10.0)
+    t.set("B", None, since=20.0)
+    assert (t.at(9.9), t.at(10.0), t.at(19.0), t.at(25.0)) == ((None, None), ("A", "L1"), ("A", "L1"), ("B", None))
+    assert t.current == ("B", None)
