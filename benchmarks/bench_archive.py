@@ -9,7 +9,7 @@ SQLite rows, and retention holding free space while images are written.
    alternate archive off / on (`archive: {url: sqlite:///..., images: rejects}`) so the machine's load drifts
    into both alike; each round times --frames frames after --warmup from the results' publish_time. With the
    archive on, the archive's rows are counted after the round: rows == frames_judged - row drops.
-2. Queries: 100,000 rows over 30 days (10 products, a lot every 1,000 rows) inserted into a new SQLite archive,
+2. Queries: 100,000 rows over 30 days (10 products at random, a lot every 1,000 rows) inserted into a new SQLite archive,
    then `agpt archive query`'s select (by lot, by product within a day, by an hour) timed, median of 7.
 3. Retention: a tmpfs (--disk-mb) holds the database and the images (JPEG of camera-sized noise, images: all);
    ArchiveSink writes --soak-frames results with min_free_percent; the lowest free share seen is printed.
@@ -140,8 +140,9 @@ def queries(args) -> None:
         span = 30 * 86400
         t = np.sort(t_start + rng.uniform(0, span, n))
         products = [f"product{k}" for k in range(10)]
+        prod = rng.integers(0, 10, n)
         rows = [dict(time=float(t[i]), publish_time=float(t[i]) + 0.015, camera=f"cam{i % 2}", line="line1",
-                     station="station1", product=products[(i // 5000) % 10], bank_id="b", frame_id=i + 1,
+                     station="station1", product=products[prod[i]], bank_id="b", frame_id=i + 1,
                      verdict=bool(rng.random() < 0.05), p_anomaly=0.1, score=0.2, locations="", judge="llm-first_token",
                      latency_ms=15.0, image_path=None, mask_path=None, part_id=f"P{i:07d}", lot=f"L{i // 1000:04d}")
                 for i in range(n)]  # fmt: skip
