@@ -57,6 +57,10 @@ class ArchiveConfig(_Strict):
     drop_event_interval_s: float = Field(
         5.0, gt=0, description="at most one `archive_drop` event per this many seconds (each carries the counts since the last)"
     )
+    writer_nice: int = Field(
+        10, ge=0, le=19,
+        description="the writer thread's nice increment (Linux): it yields the CPU to the inspection loop on a busy host; 0: same priority",
+    )  # fmt: skip
     retention: RetentionConfig = Field(default_factory=RetentionConfig, description="what is deleted, and when")
 
     @field_validator("url")
