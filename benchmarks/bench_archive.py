@@ -188,7 +188,7 @@ def retention(args) -> None:
     from _archive_helpers import make_result, small_disk
 
     with small_disk(args.disk_mb) as disk:
-        ret = RetentionConfig(min_free_percent=args.min_free, check_interval_s=args.check_s, batch=50)
+        ret = RetentionConfig(min_free_percent=args.min_free, check_interval_s=args.check_s, batch=args.batch)
         s = ArchiveSink(ArchiveConfig(url=f"sqlite:///{disk}/results.db", images="all", jpeg_quality=90, retention=ret))
         s.start()
         imgs = [np.random.default_rng(k).integers(0, 255, (480, 640, 3), dtype=np.uint8) for k in range(4)]
@@ -216,7 +216,7 @@ def retention(args) -> None:
         s.stop()
         u = shutil.disk_usage(disk)
         print(f"retention soak: {args.soak_frames} frames with images (480x640 noise JPEG q90 + mask) through a {args.disk_mb} MB "
-              f"tmpfs, min_free_percent {args.min_free}, check every {args.check_s} s: {s.rows_written} rows written, "
+              f"tmpfs, min_free_percent {args.min_free}, check every {args.check_s} s or 1% of the disk written, {args.batch} rows a step: {s.rows_written} rows written, "
               f"{s.rows_dropped} dropped, {s.retention.rows_deleted} deleted ({s.retention.bytes_freed / 1e6:.0f} MB of files); "
               f"free space lowest {min(lows):.1f}%, median {statistics.median(lows):.1f}%, at the end {100 * u.free / u.total:.1f}% "
               f"({args.soak_frames / wall:.0f} frames/s written)")  # fmt: skip
@@ -237,8 +237,9 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=100_000)
     p.add_argument("--disk-mb", type=int, default=32)
     p.add_argument("--min-free", type=float, default=25.0)
-    p.add_argument("--check-s", type=float, default=0.5)
+    p.add_argument("--check-s", type=float, default=10.0)
     p.add_argument("--soak-frames", type=int, default=1500)
+    p.add_argument("--batch", type=int, default=10, help="retention rows per step (a small disk: a few images)")
     p.add_argument("--only", choices=["throughput", "queries", "retention"], default=None)
     args = p.parse_args()
     for name, fn in (("throughput", throughput), ("queries", queries), ("retention", retention)):

@@ -63,6 +63,7 @@ class ImageWriter:
         self.mode = mode
         self.jpeg_quality = jpeg_quality
         self.fsync = fsync
+        self.bytes_written = 0  # retention checks the free space again after every 1% of the disk written
 
     def wanted(self, header: ResultHeader) -> bool:
         return self.mode == "all" or (self.mode == "rejects" and header.verdict is True)
@@ -78,11 +79,14 @@ class ImageWriter:
         image_rel = mask_rel = None
         try:
             if image_bgr is not None:
-                write_atomic(self.root / f"{rel}.jpg", encode_jpeg(image_bgr, self.jpeg_quality), self.fsync)
+                jpeg = encode_jpeg(image_bgr, self.jpeg_quality)
+                write_atomic(self.root / f"{rel}.jpg", jpeg, self.fsync)
                 image_rel = f"{rel}.jpg"
+                self.bytes_written += len(jpeg)
             if mask_png:
                 write_atomic(self.root / f"{rel}_mask.png", mask_png, self.fsync)
                 mask_rel = f"{rel}_mask.png"
+                self.bytes_written += len(mask_png)
         except BaseException:
             self.remove([image_rel])
             raise

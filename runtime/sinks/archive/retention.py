@@ -44,6 +44,19 @@ def free_percent(paths: list[Path], disk_usage: Callable = shutil.disk_usage) ->
     return out
 
 
+def _total_bytes(paths: list[Path], disk_usage: Callable) -> int:
+    sizes = []
+    for p in paths:
+        p = Path(p)
+        while not p.exists() and p != p.parent:
+            p = p.parent
+        try:
+            sizes.append(disk_usage(p).total)
+        except OSError:
+            continue
+    return min(sizes) if sizes else 1 << 30
+
+
 class Retention:
     def __init__(self, cfg: RetentionConfig, images: ImageWriter, db_path: Path | None = None,
                  clock: Callable[[], float] = time.time, disk_usage: Callable = shutil.disk_usage):  # fmt: skip
@@ -55,6 +68,9 @@ class Retention:
         self._next = 0.0
         self._behind = False  # the last step was cut short by `batch`: the next one runs at once
         self._warned_empty = False
+        self._written_at_check = 0  # images.bytes_written at the last free-space check
+        self._check_bytes: int | None = None  # 1% of the disk: a check every check_interval_s alone lets a fast writer
+        # fill the headroom in between (50 MB/s of images vs 10% of a small disk), so writing that much checks too
         self.rows_deleted = 0
         self.events_deleted = 0
         self.bytes_freed = 0
@@ -64,7 +80,11 @@ class Retention:
         return self.cfg.max_age_days is not None or self.cfg.min_free_percent is not None
 
     def due(self) -> bool:
-        return self.enabled and (self._behind or time.monotonic() >= self._next)
+        if not self.enabled:
+            return False
+        if self._behind or time.monotonic() >= self._next:
+            return True
+        return self._check_bytes is not None and self.images.bytes_written - self._written_at_check >= self._check_bytes
 
     def paths(self) -> list[Path]:
         return [self.images.root] + ([self.db_path.parent] if self.db_path is not None else [])
@@ -84,6 +104,9 @@ class Retention:
             done["events"] += e
             self._behind |= n >= self.cfg.batch
         if self.cfg.min_free_percent is not None:
+            self._written_at_check = self.images.bytes_written
+            if self._check_bytes is None:
+                self._check_bytes = max(1 << 16, int(_total_bytes(self.paths(), self.disk_usage) * 0.01))
             free = free_percent(self.paths(), self.disk_usage)
             if free is not None and free < self.cfg.min_free_percent:
                 n, b = self._delete_oldest(conn, None)
