@@ -189,3 +189,63 @@ def test_part_tracker_goes_by_capture_time():
     t.set("B", None, since=20.0)
     assert (t.at(9.9), t.at(10.0), t.at(19.0), t.at(25.0)) == ((None, None), ("A", "L1"), ("A", "L1"), ("B", None))
     assert t.current == ("B", None)
+
+
+READER = r"""
+import sqlite3, sys
+c = sqlite3.connect(sys.argv[1], timeout=5)
+n = errors = last = 0
+went_back = 0
+sys.stdout.write("ready\n"); sys.stdout.flush()
+while True:
+    try:
+        k = c.execute("SELECT count(*) FROM results WHERE lot = '4711'").fetchone()[0]
+        went_back += k < last
+        last = k
+        n += 1
+    except Exception as e:
+        errors += 1
+        sys.stderr.write(f"{e}\n")
+    if sys.stdin.readable() and n % 50 == 0:
+        import select
+        if select.select([sys.stdin], [], [], 0)[0] and not sys.stdin.read(1):
+            break
+last = c.execute("SELECT count(*) FROM results WHERE lot = '4711'").fetchone()[0]  # after the daemon stopped
+print(n, errors, went_back, last)
+"""
+
+
+def test_readers_in_other_processes_while_the_daemon_writes(bundle, tmp_path):
+    """WAL: two reader processes query all along; neither they nor the daemon's writer see a lock error."""
+    import subprocess
+
+    db = tmp_path / "results.db"
+    cfg = daemon_config(bundle, archive=ArchiveConfig(url=f"sqlite:///{db}", images="none"))
+    eng = make_engine(cfg.archive)  # the database exists before the readers open it
+    with eng.connect() as c:
+        schema.migrate(c)
+    eng.dispose()
+    readers = [subprocess.Popen([sys.executable, "-c", READER, str(db)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
+    try:
+        for r in readers:
+            assert r.stdout.readline().strip() == "ready"
+        gate = threading.Event()
+        d = Daemon(cfg, inspector=FakeInspector(), source=CountingSource(n=300, gate=gate))
+        d.start()
+        try:
+            ctl(d, {"cmd": "set_part", "part_id": "P", "lot": "4711"})
+            gate.set()
+            assert d.wait(60)
+        finally:
+            d.shutdown()
+    finally:
+        outs = []
+        for r in readers:
+            out, err = r.communicate(input="", timeout=30)
+            outs.append((out.split(), err))
+    sink = _archive(d)
+    assert d.judged == 300 and (sink.rows_written, sink.rows_dropped) == (300, 0)
+    for (n, errors, went_back, last), err in outs:
+        assert (int(errors), int(went_back)) == (0, 0), err
+        assert int(n) > 10 and int(last) == 300  # each reader ran all along and saw the last row
