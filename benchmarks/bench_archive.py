@@ -53,6 +53,8 @@ def _source(shape, seed):
 
 
 def throughput_round(args, archive: ArchiveConfig | None, shape) -> dict:
+    import resource
+
     import zmq
 
     backend = BackendConfig(intra_op_threads=args.threads, llm_threads=args.llm_threads, blas_threads=args.blas_threads)
@@ -89,15 +91,20 @@ def throughput_round(args, archive: ArchiveConfig | None, shape) -> dict:
             if not frames[0].endswith(b".result"):
                 continue
             got += 1
+            if got == args.warmup + 1:
+                cpu0 = resource.getrusage(resource.RUSAGE_SELF)
             if got > args.warmup:
                 h = json.loads(frames[1])
                 times.append(h["publish_time"])
                 verdicts.append(bool(h["verdict"]))
+        cpu1 = resource.getrusage(resource.RUSAGE_SELF)
         request(d.control_endpoint, {"cmd": "pause"}, 10)
     finally:
         sub.close()
         d.shutdown()
-    out = {"fps": (len(times) - 1) / (times[-1] - times[0]), "rejects": sum(verdicts) / len(verdicts)}
+    cpu_s = (cpu1.ru_utime + cpu1.ru_stime) - (cpu0.ru_utime + cpu0.ru_stime)
+    out = {"fps": (len(times) - 1) / (times[-1] - times[0]), "rejects": sum(verdicts) / len(verdicts),
+           "cpu_ms": cpu_s * 1e3 / (len(times) - 1)}  # fmt: skip
     if archive is not None:
         sink = next(s for s in d.sinks.sinks if s.name == "archive")
         eng = make_engine(archive)
@@ -116,23 +123,27 @@ def throughput(args) -> None:
     try:
         for k in range(args.rounds):
             off.append(throughput_round(args, None, shape))
-            line = f"  round {k + 1}: off {off[-1]['fps']:.1f}"
+            line = f"  round {k + 1}: off {off[-1]['fps']:.1f} ({off[-1]['cpu_ms']:.2f} ms CPU)"
             for m in modes:
                 cfg = ArchiveConfig(url=f"sqlite:///{tmp}/r{k}{m}/results.db", images=m)
                 r = throughput_round(args, cfg, shape)
                 on[m].append(r)
-                line += f", on (images {m}) {r['fps']:.1f} [rows {r['rows']} = judged {r['judged']} - drops {r['row_drops']}]"
+                line += f", on (images {m}) {r['fps']:.1f} ({r['cpu_ms']:.2f} ms CPU) [rows {r['rows']} = judged {r['judged']} - drops {r['row_drops']}]"
             print(line + " frames/s", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     f_off = statistics.median(r["fps"] for r in off)
     rej = statistics.mean(r["rejects"] for r in off)
     print(f"throughput ({'fake inspector' if args.fake else args.bundle}, 480x640 noise frames, {rej:.0%} judged anomalous; "
-          f"median of {args.rounds} alternating rounds of {args.frames} frames): archive off {f_off:.1f} frames/s")  # fmt: skip
+          f"median of {args.rounds} alternating rounds of {args.frames} frames): archive off {f_off:.1f} frames/s, "
+          f"{statistics.median(r['cpu_ms'] for r in off):.2f} ms CPU a frame (the whole process)")  # fmt: skip
     for m in modes:
         f_on = statistics.median(r["fps"] for r in on[m])
         ok = all(r["rows"] == r["judged"] - r["row_drops"] for r in on[m])
-        print(f"  archive on, images {m:<8} {f_on:.1f} frames/s, on/off = {f_on / f_off:.3f}; rows == judged - row drops "
+        cpu_on = statistics.median(r["cpu_ms"] for r in on[m])
+        cpu_off = statistics.median(r["cpu_ms"] for r in off)
+        print(f"  archive on, images {m:<8} {f_on:.1f} frames/s, on/off = {f_on / f_off:.3f}; CPU a frame {cpu_on:.2f} ms "
+              f"({cpu_on - cpu_off:+.2f} ms = {cpu_on / cpu_off - 1:+.1%}); rows == judged - row drops "
               f"in every round: {ok}; row drops {[r['row_drops'] for r in on[m]]}")  # fmt: skip
 
 
