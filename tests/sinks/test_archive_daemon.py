@@ -163,7 +163,7 @@ def test_config_file_paths_and_missing_extra(bundle, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "sqlalchemy", None)
     monkeypatch.delitem(sys.modules, "runtime.sinks.archive.writer", raising=False)
     d = Daemon(daemon_config(bundle, archive=ArchiveConfig(url=f"sqlite:///{tmp_path}/x.db")), inspector=FakeInspector())
-    with pytest.raises(AgptError, match=r"archive extra: pip install 'anomalygpt-edge\[archive\]'"):
+    with pytest.raises(AgptError, match=r"archive: .*pip install 'anomalygpt-edge\[archive\]'"):
         d.start()
 
 
