@@ -133,3 +133,13 @@ def test_parse_time_forms():
     assert aq.parse_time("1790000000") == 1790000000.0
     assert aq.parse_time("2026-12-02T10:00:00Z") == aq.parse_time("2026-12-02T11:00:00+01:00")
     assert abs(aq.parse_time("2026-12-02") - time.mktime((2026, 12, 2, 0, 0, 0, 0, 0, -1))) < 1e-6  # local time
+
+
+def test_without_the_extra_the_cli_names_it(monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "sqlalchemy", None)
+    for mod in [m for m in sys.modules if m.startswith(("runtime.sinks.archive", "runtime.tools.archive"))]:
+        monkeypatch.delitem(sys.modules, mod)
+    assert main(["archive", "query", "--url", "sqlite:///x.db"]) == 2
+    assert "install the archive extra: pip install 'anomalygpt-edge[archive]'" in capsys.readouterr().err
