@@ -23,8 +23,11 @@ from runtime.line.config import parse_config
 from runtime.line.control import request
 from runtime.line.daemon import Daemon
 from runtime.pipeline.inspector import Inspector
-from runtime.pipeline.products import ProductStore, build_pack
-from runtime.tools.evaluate import auroc, category_root, evaluate
+from runtime.pipeline.products import build_pack
+from runtime.pipeline.store import ProductStore
+from runtime.tools.eval_data import category_root
+from runtime.tools.eval_metrics import auroc
+from runtime.tools.evaluate import evaluate
 from runtime.tools.subscribe import ResultMessage, ResultSubscriber, StatusMessage
 
 

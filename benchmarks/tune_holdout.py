@@ -29,7 +29,7 @@ from runtime.pipeline.inspector import Inspector
 from runtime.pipeline.operating import pick_threshold
 from runtime.pipeline.preprocess import load_image
 from runtime.pipeline.products import build_pack
-from runtime.tools.evaluate import category_root, list_samples, train_shots
+from runtime.tools.eval_data import category_root, list_samples, train_shots
 from runtime.tools.tune import tune_pack
 
 

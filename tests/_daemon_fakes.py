@@ -15,7 +15,8 @@ import numpy as np
 
 from runtime.line.config import CameraConfig, DaemonConfig
 from runtime.line.control import request
-from runtime.pipeline.products import PackSpec, ProductStore, build_pack
+from runtime.pipeline.products import PackSpec, build_pack
+from runtime.pipeline.store import ProductStore
 
 N_TAPS, TAP_N, TAP_W, TEXT_DIM = 4, 16, 8, 4
 ENCODER_SHA = "e" * 64

@@ -47,7 +47,8 @@ from runtime.line.publish import Publisher
 from runtime.line.slots import CameraSlots, SlotQueue
 from runtime.line.sources import Source
 from runtime.line.status import Heartbeat
-from runtime.pipeline.products import ProductPack, ProductStore
+from runtime.pipeline.products import ProductPack
+from runtime.pipeline.store import ProductStore
 from runtime.sinks.base import SinkEvent
 from runtime.sinks.build import build_sinks
 from runtime.sinks.fanout import Fanout

@@ -1,22 +1,13 @@
-"""Product packs: a product's normal-shot bank, text features and description, one file per product.
+"""Product packs: a product's normal-shot bank, text features, description, golden images and operating
+point, and how one is built from normal shots.
 
-BUNDLE/products/<name>/pack.npz, no pickle (schema 2; schema 1 packs are read too, without the parts marked 2):
-  bank_0 .. bank_{K-1}  (M_k, W_k) float32   raw encoder taps of the k normal shots (absent: no shots)
-  text_feats            (2, E) float32       [normal, abnormal] for the decoder map (absent in lite bundles)
-  shot_0 .. shot_{k-1}  (bytes,) uint8       2: the shots' image files as given (PNG for frames from the line),
-                                             so the pack can be rebuilt with one more shot (operator feedback)
-  golden_0 ..           (bytes,) uint8       2: golden images, judged at start and after a changeover
-  meta                  uint8                UTF-8 JSON {schema, name, description, encoder_sha256,
-                                             shot_sha256s, n_shots, created, calibration{...},
-                                             golden[{name, expected, sha256}] (2), operating_point{...} (2)}
+A pack is one file per product, BUNDLE/products/<name>/pack.npz: its format is runtime/pipeline/packfile.py,
+the products folder (history, rollback, the active entry) runtime/pipeline/store.py.
 operating_point (optional, set by `agpt bank tune`): {rule: p_anomaly | score, threshold, judge:
 "operating-point", evidence{roc, data, chosen, ...}}: the verdict becomes value > threshold instead of the
 model's own decision. It is part of the bank id (it changes judgements); a pack without one keeps its id.
-Saving over a pack first keeps the old file under <name>/history/ (rollback: ProductStore.rollback).
-Written to a temp file in the same folder, fsynced, renamed over the old pack, folder fsynced: a crash or
-a full disk leaves either the old pack or the new one, never half of one. Loading validates everything
-(encoder hash, tap count and widths, shapes, finite values); any failure is an AgptError and the caller
-keeps the pack it had.
+validate_pack checks a pack against a bundle (encoder hash, tap count and widths, shapes, finite values);
+any failure is an AgptError and the caller keeps the pack it had.
 
 `agpt bank build` (runtime/tools/bank.py) builds one offline.
 """
@@ -24,11 +15,7 @@ keeps the pack it had.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,18 +28,11 @@ from runtime.errors import AgptError
 from runtime.names import PRODUCT_RE
 from runtime.pipeline.preprocess import decode_image, read_image_bytes
 
-PACK_SCHEMA = 2
-READ_SCHEMAS = (1, 2)  # schema 1: no kept shot images, no golden images, no operating point
-PACK_FILE = "pack.npz"
-HISTORY_DIR = "history"
-HISTORY_KEEP = 20  # previous versions kept per product (oldest removed first)
+PACK_SCHEMA = 2  # the schema packs are built and written with (packfile.READ_SCHEMAS: the ones read)
 OP_JUDGE = "operating-point"
 OP_RULES = ("p_anomaly", "score")
-ACTIVE_FILE = ".active.json"  # a leading dot: no product name can collide with it
 MAX_SHOT_BYTES = 64 << 20
 _PRODUCT = re.compile(PRODUCT_RE)
-_BANK_KEY = re.compile(r"^bank_(\d+)$")
-_BYTES_KEY = re.compile(r"^(shot|golden)_(\d+)$")
 
 
 def check_product_name(name: str) -> str:
@@ -224,140 +204,6 @@ def validate_pack(pack: ProductPack, spec: PackSpec, where: str) -> ProductPack:
     return pack
 
 
-# ---- file format ------------------------------------------------------------------------------------
-
-
-def _pack_arrays(pack: ProductPack) -> dict[str, np.ndarray]:
-    arrays = {f"bank_{k}": b for k, b in enumerate(pack.bank)}
-    if pack.text_feats is not None:
-        arrays["text_feats"] = pack.text_feats
-    for i, b in enumerate(pack.shots):
-        arrays[f"shot_{i}"] = np.frombuffer(b, np.uint8)
-    for i, g in enumerate(pack.golden):
-        arrays[f"golden_{i}"] = np.frombuffer(g.data, np.uint8)
-    meta = dict(pack.meta, schema=PACK_SCHEMA, name=pack.name, description=pack.description)
-    arrays["meta"] = np.frombuffer(json.dumps(meta, sort_keys=True).encode(), np.uint8)
-    return arrays
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return  # not supported here (e.g. Windows); the rename is still atomic
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_pack(pack: ProductPack, path: Path) -> Path:
-    """Atomic write: temp file in the same folder, fsync, rename over `path`, fsync the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=PACK_FILE + ".tmp-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **_pack_arrays(pack))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise AgptError(f"{path}: could not write the pack ({e.strerror or e}); the previous pack is unchanged") from None
-        raise
-    _fsync_dir(path.parent)
-    return path
-
-
-def _unlink_version(path: Path) -> None:
-    for p in (path, path.with_name(path.name + ".tmp")):
-        try:
-            p.unlink()
-        except OSError:
-            pass
-    try:
-        path.parent.rmdir()  # only when empty: a first version that failed leaves no history folder behind
-    except OSError:
-        pass
-
-
-def read_pack(path: Path, spec: PackSpec | None = None, name: str | None = None) -> ProductPack:
-    """Load and validate; AgptError (naming the file) on any problem."""
-    where = str(path)
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}  # each member read in full here, so its CRC is checked
-    except FileNotFoundError:
-        raise AgptError(f"{where}: no such pack") from None
-    except Exception as e:  # truncated zip, bad CRC, object arrays, not a zip at all ...
-        raise AgptError(f"{where}: unreadable pack ({type(e).__name__}: {str(e)[:120]})") from None
-    meta_raw = arrays.pop("meta", None)
-    if meta_raw is None or meta_raw.dtype != np.uint8 or meta_raw.ndim != 1:
-        raise AgptError(f"{where}: no meta record")
-    try:
-        meta = json.loads(meta_raw.tobytes().decode())
-        assert isinstance(meta, dict)
-    except Exception:
-        raise AgptError(f"{where}: meta record is not a JSON object") from None
-    schema = meta.get("schema")
-    if schema not in READ_SCHEMAS:
-        raise AgptError(f"{where}: pack schema {schema!r}, this runtime reads {', '.join(map(str, READ_SCHEMAS))}")
-    if name is not None and meta.get("name") != name:
-        raise AgptError(f"{where}: pack names product {meta.get('name')!r}, expected {name!r}")
-    ks = sorted(int(m.group(1)) for k in arrays if (m := _BANK_KEY.match(k)))
-    if ks != list(range(len(ks))):
-        raise AgptError(f"{where}: bank layers {ks} are not 0..K-1")
-    blobs: dict[str, dict[int, bytes]] = {"shot": {}, "golden": {}}
-    for k in list(arrays):
-        m = _BYTES_KEY.match(k)
-        if m is None or schema < 2:
-            continue
-        a = arrays.pop(k)
-        if a.dtype != np.uint8 or a.ndim != 1 or a.size > MAX_SHOT_BYTES:
-            raise AgptError(f"{where}: {k} is not an image file's bytes (uint8, one dimension, at most {MAX_SHOT_BYTES})")
-        blobs[m.group(1)][int(m.group(2))] = a.tobytes()
-    unknown = set(arrays) - {f"bank_{k}" for k in ks} - {"text_feats"}
-    if unknown:
-        raise AgptError(f"{where}: unexpected arrays {sorted(unknown)}")
-    for k, a in arrays.items():
-        if a.dtype != np.float32:
-            raise AgptError(f"{where}: {k} has dtype {a.dtype}, expected float32")
-    shots = [blobs["shot"][i] for i in sorted(blobs["shot"])]
-    if sorted(blobs["shot"]) != list(range(len(shots))):
-        raise AgptError(f"{where}: shot images {sorted(blobs['shot'])} are not 0..k-1")
-    if shots and [hashlib.sha256(b).hexdigest() for b in shots] != list(meta.get("kept_shot_sha256s") or []):
-        raise AgptError(f"{where}: the kept shot images do not match kept_shot_sha256s")
-    golden_meta = (meta.get("golden") or []) if schema >= 2 else []
-    if not isinstance(golden_meta, list) or sorted(blobs["golden"]) != list(range(len(golden_meta))):
-        raise AgptError(f"{where}: golden images {sorted(blobs['golden'])} do not match the {len(golden_meta)} in meta")
-    golden = []
-    for i, g in enumerate(golden_meta):
-        data = blobs["golden"][i]
-        if not isinstance(g, dict) or g.get("expected") not in ("good", "bad"):
-            raise AgptError(f"{where}: golden {i}: expected 'good' or 'bad'")
-        gi = GoldenImage(str(g.get("name") or f"golden_{i}"), g["expected"] == "bad", data)
-        if g.get("sha256") and g["sha256"] != gi.sha256:
-            raise AgptError(f"{where}: golden {i} ({gi.name}) does not match its sha256")
-        golden.append(gi)
-    pack = ProductPack(
-        name=str(meta.get("name")),
-        description=str(meta.get("description", "")),
-        bank=[arrays[f"bank_{k}"] for k in ks],
-        text_feats=arrays.get("text_feats"),
-        meta=meta,
-        shots=shots,
-        golden=golden,
-    )
-    return validate_pack(pack, spec, where) if spec is not None else pack
-
-
-# ---- building ---------------------------------------------------------------------------------------
-
-
 def read_image(path: str | Path, max_bytes: int = MAX_SHOT_BYTES) -> tuple[np.ndarray, str]:
     """A shot image as BGR uint8 and the sha256 of its file, or AgptError naming it."""
     data = read_image_bytes(path, max_bytes)
@@ -467,161 +313,3 @@ def rebuild_with_shots(
         golden=pack.golden,
         operating_point=pack.operating_point,
     )
-
-
-# ---- the products folder ----------------------------------------------------------------------------
-
-
-class ProductStore:
-    """BUNDLE/products/: packs on disk, plus products defined in bundle.json (text features only)."""
-
-    def __init__(self, root: Path, spec: PackSpec, manifest_products: dict | None = None):
-        self.root = Path(root)
-        self.spec = spec
-        self.manifest_products = dict(manifest_products or {})
-
-    def pack_path(self, name: str) -> Path:
-        return self.root / check_product_name(name) / PACK_FILE
-
-    def names(self) -> list[str]:
-        on_disk = []
-        if self.root.is_dir():
-            on_disk = [p.parent.name for p in self.root.glob(f"*/{PACK_FILE}") if _PRODUCT.match(p.parent.name)]
-        return sorted(set(on_disk) | set(self.manifest_products))
-
-    def exists(self, name: str) -> bool:
-        return self.pack_path(name).is_file() or name in self.manifest_products
-
-    def load(self, name: str) -> ProductPack:
-        path = self.pack_path(name)
-        if path.is_file():
-            return read_pack(path, self.spec, name)
-        if name in self.manifest_products:
-            p = self.manifest_products[name]
-            desc = getattr(p, "description", None) if not isinstance(p, dict) else p.get("description", "")
-            feats = getattr(p, "text_feats", None) if not isinstance(p, dict) else p.get("text_feats")
-            meta = {
-                "schema": PACK_SCHEMA,
-                "name": name,
-                "encoder_sha256": self.spec.encoder_sha256,
-                "source": "bundle.json",
-                "n_shots": 0,
-            }
-            pack = ProductPack(name, desc or "", [], np.asarray(feats, np.float32) if feats is not None else None, meta)
-            return validate_pack(pack, self.spec, f"bundle.json products.{name}")
-        known = ", ".join(self.names()) or "none"
-        raise AgptError(f"no product {name!r} (packs in {self.root}: {known})")
-
-    def save(self, pack: ProductPack, replace: bool = False) -> Path:
-        """Write the pack; a pack it replaces is kept first under <name>/history/ (for rollback)."""
-        validate_pack(pack, self.spec, f"product {pack.name!r}")
-        path = self.pack_path(pack.name)
-        if path.exists() and not replace:
-            raise AgptError(f"{path}: product {pack.name!r} exists (replace it explicitly)")
-        kept = self._keep_version(path) if path.exists() else None
-        try:
-            return write_pack(pack, path)
-        except BaseException:
-            if kept is not None:  # the old pack is still the current one: no history entry for it
-                _unlink_version(kept)
-            raise
-
-    def history_dir(self, name: str) -> Path:
-        return self.pack_path(name).parent / HISTORY_DIR
-
-    def history(self, name: str) -> list[Path]:
-        """Previous versions of a product's pack, oldest first (file names: <unix ns>-<bank id>.npz)."""
-        d = self.history_dir(name)
-        return sorted(d.glob("*.npz")) if d.is_dir() else []
-
-    def _keep_version(self, path: Path) -> Path:
-        """The current pack file into history/: a hard link (the rename that follows replaces only the name)."""
-        try:
-            old_id = read_pack(path).bank_id
-        except AgptError:
-            old_id = "unreadable"
-        hist = path.parent / HISTORY_DIR
-        hist.mkdir(exist_ok=True)
-        dest = hist / f"{time.time_ns()}-{old_id}.npz"
-        try:
-            try:
-                os.link(path, dest)
-            except OSError:  # no hard links on this file system: copy, then rename into place
-                tmp = hist / (dest.name + ".tmp")
-                shutil.copy2(path, tmp)
-                os.replace(tmp, dest)
-            _fsync_dir(hist)
-        except OSError as e:
-            _unlink_version(dest)
-            raise AgptError(f"{dest}: could not keep the previous version ({e.strerror or e}); the pack is unchanged") from None
-        for extra in self.history(path.parent.name)[:-HISTORY_KEEP]:
-            try:
-                extra.unlink()
-            except OSError:
-                pass
-        return dest
-
-    def rollback(self, name: str) -> tuple[ProductPack, ProductPack]:
-        """Back to the newest previous version with another bank id: (restored, replaced). The replaced pack
-        goes into history too, so a rollback can itself be rolled back."""
-        current = self.load(name)
-        for old_path in reversed(self.history(name)):
-            try:
-                old = read_pack(old_path, self.spec, name)
-            except AgptError:
-                continue
-            if old.bank_id == current.bank_id:
-                continue
-            self.save(old, replace=True)
-            old_path.unlink(missing_ok=True)  # it is the current pack again
-            return old, current
-        raise AgptError(f"product {name!r}: no previous version to roll back to (in {self.history_dir(name)})")
-
-    def set_active(self, name: str, bank_id: str, cameras: dict[str, str]) -> None:
-        """Remember the committed product of the cameras that changed over, so a restart (even after SIGKILL)
-        resumes with it. `cameras` maps each of them to its config product at the time (its base): a restart
-        resumes only while the config still names that product, so editing the config wins over an old
-        changeover. One format for every line, {"cameras": {name: {product, bank_id, base, time}}}; the other
-        cameras' entries are kept as they were.
-        """
-        now = time.time()
-        old = self._read_active() or {}
-        per = old.get("cameras") if isinstance(old.get("cameras"), dict) else {}
-        per.update({cam: {"product": name, "bank_id": bank_id, "base": b, "time": now} for cam, b in cameras.items()})
-        entry = {"cameras": per}
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=ACTIVE_FILE + ".tmp-", dir=self.root)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(entry, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.root / ACTIVE_FILE)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-        _fsync_dir(self.root)
-
-    def _read_active(self) -> dict | None:
-        try:
-            entry = json.loads((self.root / ACTIVE_FILE).read_text())
-        except Exception:
-            return None
-        return entry if isinstance(entry, dict) else None
-
-    def active_entry(self, camera: str) -> dict | None:
-        """{product, bank_id, base, time} of that camera's last committed changeover, or None. Reads the file
-        one-camera daemons wrote before (the entry at the top level, no "cameras"): it stands for any camera,
-        and the base check in the caller decides whether it applies."""
-        entry = self._read_active()
-        if isinstance(entry, dict) and isinstance(entry.get("cameras"), dict):
-            entry = entry["cameras"].get(camera)
-        if not isinstance(entry, dict) or not isinstance(entry.get("product"), str) or not _PRODUCT.match(entry["product"]):
-            return None
-        return entry
-
-
-# ---- agpt bank build ----------------------------------------------------------------------------------

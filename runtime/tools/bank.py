@@ -16,7 +16,8 @@ from pathlib import Path
 
 from runtime.errors import AgptError
 from runtime.pipeline.preprocess import list_images
-from runtime.pipeline.products import GoldenImage, PackSpec, ProductStore, build_pack, check_product_name
+from runtime.pipeline.products import GoldenImage, PackSpec, build_pack, check_product_name
+from runtime.pipeline.store import ProductStore
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -130,8 +130,9 @@ def open_inspector(bundle: Path, max_batch: int, threads: int | None, llm_thread
 
 
 def product_pack(insp, product: str | None, shots: list[Path]):
-    from runtime.pipeline.products import ProductStore, build_pack
+    from runtime.pipeline.products import build_pack
     from runtime.pipeline.prompt import FALLBACK_PRODUCT
+    from runtime.pipeline.store import ProductStore
 
     store = ProductStore(insp.bundle.root / "products", insp.pack_spec, insp.manifest_products)
     names = store.names()

@@ -7,7 +7,7 @@ import time
 import numpy as np
 
 from runtime.errors import AgptError
-from runtime.pipeline.products import ProductStore
+from runtime.pipeline.store import ProductStore
 from runtime.tools.bench_common import summary
 
 

@@ -40,7 +40,8 @@ def ensure_product(cfg: DaemonConfig, inspector, progress=print) -> None:
     """A pack for the config's product, from the synthetic line's own normal parts (never its defects).
     `inspector`: the daemon's own, so the models are loaded once."""
     from runtime.line.sources import make_source
-    from runtime.pipeline.products import ProductStore, build_pack
+    from runtime.pipeline.products import build_pack
+    from runtime.pipeline.store import ProductStore
 
     store = ProductStore(cfg.bundle / "products", inspector.pack_spec, dict(inspector.manifest_products))
     if store.pack_path(cfg.product).is_file():  # not store.exists: a product named only in bundle.json has no pack

@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from runtime.pipeline.products import PackSpec, ProductStore
+from runtime.pipeline.products import PackSpec
+from runtime.pipeline.store import ProductStore
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -81,7 +81,7 @@ def tune_pack(
         raise AgptError(f"tuning needs good and defective images (got {int((~y).sum())} good, {int(y.sum())} defective)")
     chosen = pick_threshold(values, y, max_miss_rate)
     own_pred = np.array([bool(v) for v in own])
-    from runtime.tools.evaluate import auroc
+    from runtime.tools.eval_metrics import auroc
 
     evidence = {
         "tool": "agpt bank tune",
@@ -126,8 +126,9 @@ def run(args: argparse.Namespace) -> int:
     from runtime.pipeline.engines.config import BackendConfig
     from runtime.pipeline.inspector import Inspector
     from runtime.pipeline.preprocess import load_image
-    from runtime.pipeline.products import PackSpec, ProductStore
-    from runtime.tools.evaluate import category_root, list_samples
+    from runtime.pipeline.products import PackSpec
+    from runtime.pipeline.store import ProductStore
+    from runtime.tools.eval_data import category_root, list_samples
 
     if args.max_miss_rate is not None and not 0.0 <= args.max_miss_rate < 1.0:
         raise AgptError("--max-miss-rate must be in [0, 1)")

@@ -264,7 +264,8 @@ CORRUPT = {
 
 
 def _nan_pack(bundle: Path, name: str) -> None:
-    from runtime.pipeline.products import build_pack, write_pack
+    from runtime.pipeline.packfile import write_pack
+    from runtime.pipeline.products import build_pack
 
     p = build_pack(FakeInspector(), name, "", [np.zeros((20, 20, 3), np.uint8)])
     object.__setattr__(p, "bank", [np.full_like(b, np.nan) for b in p.bank])
@@ -272,7 +273,8 @@ def _nan_pack(bundle: Path, name: str) -> None:
 
 
 def _foreign_pack(bundle: Path, name: str) -> None:
-    from runtime.pipeline.products import build_pack, write_pack
+    from runtime.pipeline.packfile import write_pack
+    from runtime.pipeline.products import build_pack
 
     p = build_pack(FakeInspector(), name, "", [np.zeros((20, 20, 3), np.uint8)], encoder_sha256="0" * 64)
     write_pack(p, bundle / "products" / name / "pack.npz")
@@ -624,7 +626,7 @@ def test_sigterm_finishes_the_frame_and_publishes_a_final_status(bundle, tmp_pat
     active = bundle / "products" / ".active.json"
     if active.exists():  # the swap either committed completely or not at all
         assert {e["product"] for e in json.loads(active.read_text())["cameras"].values()} <= {"widget", "gadget"}
-    from runtime.pipeline.products import ProductStore
+    from runtime.pipeline.store import ProductStore
 
     store = ProductStore(bundle / "products", FakeInspector().pack_spec)
     assert store.load("widget") and store.load("gadget")
@@ -695,7 +697,8 @@ def _soak_setup(fake_bundle: Path, tmp_path: Path):
     from runtime.line.config import BackendConfig
     from runtime.pipeline.blas import set_blas_threads
     from runtime.pipeline.inspector import Inspector
-    from runtime.pipeline.products import ProductStore, build_pack
+    from runtime.pipeline.products import build_pack
+    from runtime.pipeline.store import ProductStore
 
     quiet = lambda *_: None
     ckpt = make_tiny(tmp_path / "tiny_ckpt", seed=0, progress=quiet)

@@ -14,8 +14,10 @@ import pytest
 from _daemon_fakes import TOPICS, collect, connected, ctl, daemon_config, final_seen
 
 from runtime.pipeline.engines.config import BackendConfig
+from runtime.pipeline.packfile import read_pack
 from runtime.pipeline.preprocess import decode_image, load_image
-from runtime.pipeline.products import PackSpec, ProductStore, build_pack, read_pack
+from runtime.pipeline.products import PackSpec, build_pack
+from runtime.pipeline.store import ProductStore
 
 STRICT = {"rule": "score", "threshold": 0.30}  # a strict operating point: test/good/000.png (0.336) is rejected
 

@@ -13,7 +13,9 @@ from _daemon_fakes import TOPICS, CountingSource, FakeInspector, collect, connec
 
 from runtime.errors import AgptError
 from runtime.line.daemon import Daemon
-from runtime.pipeline.products import GoldenImage, ProductStore, build_pack, read_pack
+from runtime.pipeline.packfile import read_pack
+from runtime.pipeline.products import GoldenImage, build_pack
+from runtime.pipeline.store import ProductStore
 from runtime.tools.subscribe import ResultSubscriber
 
 

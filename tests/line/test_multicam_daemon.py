@@ -35,7 +35,8 @@ from runtime.errors import AgptError
 from runtime.line.config import CameraConfig, load_config, parse_config
 from runtime.line.control import request
 from runtime.line.daemon import Daemon
-from runtime.pipeline.products import ProductStore, build_pack
+from runtime.pipeline.products import build_pack
+from runtime.pipeline.store import ProductStore
 from runtime.tools.subscribe import ResultSubscriber
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -18,8 +18,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shar
 from _daemon_fakes import ENCODER_SHA, N_TAPS, TAP_W, TEXT_DIM, FakeInspector
 
 from runtime.errors import AgptError
+from runtime.pipeline import packfile
 from runtime.pipeline import products as bank
-from runtime.pipeline.products import PACK_FILE, PackSpec, ProductStore, build_pack, read_pack, write_pack
+from runtime.pipeline import store as product_store
+from runtime.pipeline.packfile import PACK_FILE, read_pack, write_pack
+from runtime.pipeline.products import PackSpec, build_pack
+from runtime.pipeline.store import ProductStore
 
 SPEC = PackSpec(ENCODER_SHA, (TAP_W,) * N_TAPS, TEXT_DIM)
 
@@ -138,7 +142,7 @@ def test_half_written_temp_file_is_ignored(store):
     good = store.load("widget")
     tmp = store.pack_path("widget").with_name(PACK_FILE + ".tmp-killed")
     full = io.BytesIO()
-    np.savez(full, **bank._pack_arrays(build_pack(FakeInspector(), "widget", "new", _shots(seed=5))))
+    np.savez(full, **packfile._pack_arrays(build_pack(FakeInspector(), "widget", "new", _shots(seed=5))))
     tmp.write_bytes(full.getvalue()[:1000])
     assert store.load("widget").bank_id == good.bank_id
     assert store.names() == ["widget"]
@@ -151,7 +155,7 @@ def test_disk_full_keeps_the_old_pack(store, monkeypatch):
     def no_space(fd):
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(bank.os, "fsync", no_space)
+    monkeypatch.setattr(packfile.os, "fsync", no_space)
     with pytest.raises(AgptError, match="No space left"):
         store.save(new, replace=True)
     monkeypatch.undo()
@@ -192,7 +196,7 @@ def test_active_product_record(store):
     e = store.active_entry("cam")
     assert e["product"] == "widget" and e["base"] == "gadget"
     assert store.active_entry("other") is None
-    (store.root / bank.ACTIVE_FILE).write_text('{"product": "../x"}')
+    (store.root / product_store.ACTIVE_FILE).write_text('{"product": "../x"}')
     assert store.active_entry("cam") is None
     assert "widget" in store.names()  # .active.json is not a product
 
@@ -201,10 +205,10 @@ def test_active_record_of_an_old_one_camera_daemon_still_reads(store):
     import json
 
     store.root.mkdir(parents=True, exist_ok=True)
-    (store.root / bank.ACTIVE_FILE).write_text('{"product": "widget", "bank_id": "abc", "base": "gadget", "time": 1.0}')
+    (store.root / product_store.ACTIVE_FILE).write_text('{"product": "widget", "bank_id": "abc", "base": "gadget", "time": 1.0}')
     assert store.active_entry("camera")["product"] == "widget"  # the top-level entry stands for any camera
     store.set_active("bolt", "def", cameras={"camera": "gadget"})
-    written = json.loads((store.root / bank.ACTIVE_FILE).read_text())
+    written = json.loads((store.root / product_store.ACTIVE_FILE).read_text())
     assert list(written) == ["cameras"] and written["cameras"]["camera"]["product"] == "bolt"  # one format from now on
 
 

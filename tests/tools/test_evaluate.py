@@ -18,7 +18,9 @@ from runtime.pipeline.calibrate import (
     loo_scores,
 )
 from runtime.pipeline.maps import bank_map
-from runtime.tools.evaluate import auroc, list_samples, markdown, pixel_note
+from runtime.tools.eval_data import list_samples, pixel_note
+from runtime.tools.eval_metrics import auroc
+from runtime.tools.eval_report import markdown
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO.parent / "shared" / "datasets"

@@ -12,9 +12,12 @@ import pytest
 from _daemon_fakes import ENCODER_SHA, N_TAPS, TAP_W, TEXT_DIM, FakeInspector
 
 from runtime.errors import AgptError
-from runtime.pipeline import products as bank
+from runtime.pipeline import packfile
+from runtime.pipeline import store as product_store
 from runtime.pipeline.operating import pick_threshold, roc_points
-from runtime.pipeline.products import PackSpec, ProductStore, build_pack, read_pack
+from runtime.pipeline.packfile import read_pack
+from runtime.pipeline.products import PackSpec, build_pack
+from runtime.pipeline.store import ProductStore
 
 SPEC = PackSpec(ENCODER_SHA, (TAP_W,) * N_TAPS, TEXT_DIM)
 
@@ -73,7 +76,7 @@ def test_operating_point_changes_the_bank_id_and_the_verdict_rule():
 
 def test_schema_1_packs_are_still_read(tmp_path):
     new = build_pack(FakeInspector(), "widget", "w", _shots())
-    arrays = {k: v for k, v in bank._pack_arrays(new).items() if not k.startswith(("shot_", "golden_"))}
+    arrays = {k: v for k, v in packfile._pack_arrays(new).items() if not k.startswith(("shot_", "golden_"))}
     meta = json.loads(arrays["meta"].tobytes())
     for k in ("golden", "kept_shot_sha256s"):
         meta.pop(k)
@@ -93,7 +96,7 @@ def test_schema_1_packs_are_still_read(tmp_path):
 
 def test_corrupt_kept_shots_are_refused(tmp_path):
     pack = build_pack(FakeInspector(), "widget", "w", _shots())
-    arrays = bank._pack_arrays(pack)
+    arrays = packfile._pack_arrays(pack)
     arrays["shot_1"] = arrays["shot_0"]
     buf = io.BytesIO()
     np.savez(buf, **arrays)
@@ -116,14 +119,14 @@ def test_history_and_rollback(tmp_path):
     assert (restored.bank_id, replaced.bank_id) == (v1.bank_id, v2.bank_id) and store.load("widget").bank_id == v1.bank_id
     restored, _ = store.rollback("widget")  # a rollback can be undone
     assert restored.bank_id == v2.bank_id and store.names() == ["widget"]
-    for i in range(bank.HISTORY_KEEP + 3):
+    for i in range(product_store.HISTORY_KEEP + 3):
         store.save(build_pack(FakeInspector(), "widget", "w", _shots(seed=10 + i)), replace=True)
-    assert len(store.history("widget")) == bank.HISTORY_KEEP
+    assert len(store.history("widget")) == product_store.HISTORY_KEEP
 
 
 def test_paper_descriptions_and_official_shots():
     from runtime.tools.descriptions import official_mvtec_shots, paper_description
-    from runtime.tools.evaluate import resolve_description
+    from runtime.tools.eval_data import resolve_description
 
     text, source = resolve_description("auto", "bottle")
     assert (
@@ -147,7 +150,8 @@ def lite_inspector(lite_bundle):
 
 @pytest.mark.slow
 def test_eval_without_ground_truth_and_plain_folders_match_the_full_set(tmp_path, cookie, lite_inspector, lite_bundle):
-    from runtime.tools.evaluate import evaluate, sheet_png, write_reports
+    from runtime.tools.eval_report import sheet_png, write_reports
+    from runtime.tools.evaluate import evaluate
 
     no_gt = tmp_path / "no_gt" / "cookie"
     for part in ("train", "test"):
