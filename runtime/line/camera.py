@@ -40,6 +40,7 @@ class Frame:
     capture_mono: float  # time.monotonic(), for latencies
     truth: Truth | None = None
     prepared: Any = None  # the model input made on the capture thread (Inspector.prepare), or why it failed
+    part_id: str | None = None  # a triggered camera's frame: its trigger's part (runtime.line.trigger.admit)
 
     @property
     def model_input(self) -> Any:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.errors import AgptError
-from runtime.line import changeover
+from runtime.line import changeover, trigger
 from runtime.line.feedback import FeedbackHandlers
 from runtime.line.lanes import Lane
 from runtime.line.messages import (
@@ -33,6 +33,7 @@ from runtime.line.messages import (
     SetPartRequest,
     StatusRequest,
     SwapBankRequest,
+    TriggerRequest,
 )
 from runtime.pipeline.products import build_pack, read_image
 
@@ -108,6 +109,8 @@ class Commands:
             return self.feedback.handle(req)
         if isinstance(req, SetPartRequest):
             return self.set_part(req)
+        if isinstance(req, TriggerRequest):  # answered at once: it only arms the camera (runtime/line/trigger.py)
+            return trigger.handle(s, req)
         return Reply(ok=False, error=f"unsupported command {req.cmd}")  # pragma: no cover
 
     @staticmethod

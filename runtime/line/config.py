@@ -21,6 +21,7 @@ from runtime.pipeline.engines.config import BackendConfig
 from runtime.sinks.archive.config import ArchiveConfig
 from runtime.sinks.metrics_config import MetricsConfig
 from runtime.sinks.mqtt_config import MqttConfig
+from runtime.sinks.opcua.config import OpcuaConfig
 
 ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc)://.+$")
 LIVE_KINDS = ("device", "rtsp", "gstreamer")  # cameras that never wait for the inspection loop
@@ -66,6 +67,16 @@ class CameraConfig(_Strict):
         description="`cameras:` entries only: the product this camera judges at start (None: the top-level `product`); "
         "each camera keeps its own product and pack, swapped with swap_bank's `camera`",
     )
+    trigger: Literal["none", "opcua", "control"] = Field(
+        "none",
+        description="none: every frame is judged (free running); opcua: the PLC's Trigger(part_id) method (needs `opcua`); "
+        "control: the control channel's `trigger` command (it works for opcua cameras too). A triggered camera judges "
+        "the first frame captured after each trigger, the result carries the part id; other frames count as "
+        "drops.untriggered",
+    )
+    trigger_timeout_s: float = Field(
+        2.0, gt=0, description="a trigger no frame served within this time gives a trigger_failed event (an error result on OPC UA)"
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _check(self):
@@ -185,6 +196,7 @@ class DaemonConfig(_Strict):
         None, description="the traceability archive: every result and event as a row, reject images, retention (None: off; "
         "docs/archive.md)",
     )  # fmt: skip
+    opcua: OpcuaConfig | None = Field(None, description="OPC UA server for the PLC (docs/plc.md; the `opcua` extra); None: off")
 
     @field_validator("publish", "control")
     @classmethod
@@ -204,6 +216,9 @@ class DaemonConfig(_Strict):
             twice = sorted({n for n in names if names.count(n) > 1})
             if twice:
                 raise ValueError(f"cameras: names must be unique (twice: {', '.join(twice)})")
+        plc = [c.name for c in self.camera_list if c.trigger == "opcua"]
+        if plc and self.opcua is None:
+            raise ValueError(f"camera {plc[0]}: trigger 'opcua' needs the `opcua` section (the server the PLC calls)")
         return self
 
     @property
@@ -244,6 +259,8 @@ def check_security(cfg: DaemonConfig, where: str = "config") -> None:
         raise AgptError(
             f"{where}: control: {cfg.control} is reachable from other machines: configure `curve` keys or bind it to 127.0.0.1"
         )
+    if cfg.opcua is not None:
+        cfg.opcua.check_security(where)
 
 
 def _resolve(base: Path, p: Path | None) -> Path | None:
@@ -276,6 +293,8 @@ def load_config(path: str | Path, **overrides) -> DaemonConfig:
         cfg.curve.authorized_clients = _resolve(base, cfg.curve.authorized_clients) or cfg.curve.authorized_clients
     if cfg.mqtt is not None:
         cfg.mqtt.resolve_paths(base)
+    if cfg.opcua is not None:
+        cfg.opcua.resolve(base)
     return cfg
 
 

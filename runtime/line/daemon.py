@@ -34,7 +34,7 @@ from typing import Any
 import zmq
 
 from runtime.errors import AgptError
-from runtime.line import changeover, watchdog
+from runtime.line import changeover, trigger, watchdog
 from runtime.line import status as status_mod
 from runtime.line.camera import Camera
 from runtime.line.commands import Commands
@@ -93,6 +93,7 @@ class Daemon:
         self.publisher: Publisher | None = None
         self.control: ControlServer | None = None
         self.sinks = Fanout()  # start() builds the configured ones
+        self.triggers = trigger.TriggerBook(cams)  # triggered cameras: pending triggers, untriggered drops
         self.loop = InspectionLoop(self)
         self.commands = Commands(self)
         self.heartbeat = Heartbeat(self)
@@ -268,6 +269,7 @@ class Daemon:
         if self.control is not None:
             self.control.stop()
         if self.publisher is not None:
+            trigger.fail_all(self, "stopping")  # every accepted trigger ends in a result or a failure, also here
             self.event("stopping", {"reason": self.stop_reason, "frames_judged": self.judged})
             self.publisher.stop(final_status=self.status(final=True))
         self.sinks.stop()  # after the final events: the archive records the stop too

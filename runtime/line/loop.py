@@ -17,6 +17,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from runtime.errors import AgptError
+from runtime.line import trigger
 from runtime.line.camera import Frame
 from runtime.line.lanes import KeptFrame, Lane
 from runtime.line.results import make_result
@@ -101,6 +102,7 @@ class InspectionLoop:
         while not s.stopping.is_set():
             self.ticks += 1
             self.run_tasks()
+            trigger.tick(s)  # triggers no frame can serve any more: their failure events
             if s.paused.is_set():
                 if not live:
                     s.stopping.wait(0.05)
@@ -110,7 +112,7 @@ class InspectionLoop:
             limit = s.max_batch
             if cfg.frames is not None:  # --frames N judges N frames, not N rounded up to a whole batch
                 limit = min(limit, max(cfg.frames - s.judged, 1))
-            ready, held = (held, []) if held else (slots.take(limit, timeout=0.1), [])
+            ready, held = (held, []) if held else (trigger.admit(s, slots.take(limit, timeout=0.1)), [])
             if not ready:
                 if self._all_ended():
                     s.request_stop("camera_end")
@@ -138,6 +140,8 @@ class InspectionLoop:
             log.warning("judging keeps failing (%d errors so far): %s: %s", s.errors, type(e).__name__, e)
         detail = {"frame_id": frame.frame_id, "stage": stage, "error": f"{type(e).__name__}: {str(e)[:300]}"}
         detail["camera"] = lane.name
+        if frame.part_id is not None:  # a triggered part's frame: its error result on OPC UA
+            detail["part_id"] = frame.part_id
         s.event("judge_error", detail)
 
     def inspect(self, lane: Lane, frame: Frame, pack: ProductPack | None = None) -> None:
@@ -199,9 +203,9 @@ class InspectionLoop:
     def publish(self, lane: Lane, frame: Frame, pack: ProductPack, j: Any, t0: float, t1: float, batch: int = 1) -> None:
         s = self.s
         header, png = make_result(frame, pack, j, t0, t1, prefix=s.cfg.topic_prefix, inspector=s.inspector,
-                                  drops=s.drops(lane), batch=batch, part=lane.parts.at(frame.capture_time))  # fmt: skip
+                                  drops=s.drops(lane), batch=batch, part=trigger.part_of(lane, frame))  # fmt: skip
         s.publisher.publish_result(header, png)
-        s.sinks.result(SinkResult(header, png, frame.image, getattr(j, "map", None)))
+        s.sinks.result(SinkResult(header, png, frame.image, getattr(j, "map", None), frame.part_id))
         if header.truth is not None and header.truth.label is not None:
             s.truth_frames += 1
             s.truth_correct += int(header.verdict == header.truth.label)

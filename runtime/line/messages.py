@@ -28,7 +28,7 @@ SCHEMA_VERSION = 1
 EVENT_KINDS = (
     "started", "stopping", "changeover", "swap_failed", "product_added", "paused", "resumed",
     "camera_lost", "camera_back", "camera_end", "camera_bad_frame", "judge_error",
-    "golden_check", "feedback", "bank_rebuilt", "rollback", "archive_drop",
+    "golden_check", "feedback", "bank_rebuilt", "rollback", "archive_drop", "trigger_failed",
 )  # fmt: skip
 
 
@@ -64,6 +64,7 @@ class Drops(BaseModel):
     paused: int = Field(0, description="frames captured while judging was paused")
     failed: int = Field(0, description="frames whose inspection raised an error (a judge_error event names it)")
     publish: int = Field(0, description="messages the publisher could not queue (its own buffer full; a seq gap for everyone)")
+    untriggered: int = Field(0, description="frames of a triggered camera (camera.trigger) that no trigger asked for")
 
 
 class Truth(BaseModel):
@@ -103,7 +104,9 @@ class ResultHeader(BaseModel):
     batch: int = Field(
         1, description="frames judged together in one batch (several cameras); the model stages' latency_ms are the whole batch's"
     )
-    part_id: str | None = Field(None, description="the part in front of this camera, as the last set_part named it")
+    part_id: str | None = Field(
+        None, description="the part in front of this camera, as the last set_part named it (a triggered camera: the trigger's)"
+    )
     lot: str | None = Field(None, description="its lot, as the last set_part named it")
 
 
@@ -300,9 +303,18 @@ class SetPartRequest(_Request):
     camera: CameraName | None = Field(None, description="only this camera (None: every camera)")
 
 
+class TriggerRequest(_Request):
+    """A triggered camera (camera.trigger) judges its next frame as this part: exactly one result carries the
+    part id, or a trigger_failed event names it (camera lost, trigger_timeout_s passed, daemon stopping)."""
+
+    cmd: Literal["trigger"]
+    part_id: PartText = Field(description="the part in front of the camera now")
+    camera: CameraName | None = Field(None, description="the triggered camera (None: the only triggered one)")
+
+
 Request = Annotated[
     StatusRequest | ListProductsRequest | SwapBankRequest | AddProductRequest | AskRequest | PauseRequest | ResumeRequest
-    | FeedbackRequest | RollbackRequest | SetPartRequest,
+    | FeedbackRequest | RollbackRequest | SetPartRequest | TriggerRequest,
     Field(discriminator="cmd"),
 ]  # fmt: skip
 REQUEST_MODELS = typing.get_args(typing.get_args(Request)[0])

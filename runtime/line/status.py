@@ -22,6 +22,7 @@ def drops(station: Any, lane: Lane | None = None) -> Drops:
         paused=sum(l.paused_drops for l in lanes),
         failed=sum(l.failed for l in lanes),
         publish=pub.drops if pub else 0,
+        untriggered=sum(station.triggers.untriggered[l.name] for l in lanes),
     )
 
 

@@ -9,7 +9,12 @@ from runtime.errors import AgptError
 from runtime.sinks.base import Sink
 
 # config key -> (the module the sink needs, the extra that installs it)
-EXTRAS = {"mqtt": ("paho.mqtt.client", "mqtt"), "metrics": ("prometheus_client", "metrics"), "archive": ("sqlalchemy", "archive")}
+EXTRAS = {
+    "mqtt": ("paho.mqtt.client", "mqtt"),
+    "metrics": ("prometheus_client", "metrics"),
+    "archive": ("sqlalchemy", "archive"),
+    "opcua": ("asyncua", "opcua"),
+}
 
 
 def require_extra(key: str) -> None:
@@ -41,6 +46,11 @@ def build_sinks(cfg: Any, daemon: Any) -> list[Sink]:
         from runtime.sinks.archive.writer import ArchiveSink
 
         sinks.append(ArchiveSink(cfg.archive, on_event=_daemon_events(daemon)))
+    if getattr(cfg, "opcua", None) is not None:
+        require_extra("opcua")
+        from runtime.sinks.opcua.sink import OpcuaSink
+
+        sinks.append(OpcuaSink(cfg.opcua, daemon))
     return sinks
 
 

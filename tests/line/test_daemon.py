@@ -63,7 +63,7 @@ def test_subscriber_receives_every_judged_frame(bundle):
     ids = [m.header.frame_id for m in bag["results"]]
     assert ids == list(range(1, 121))
     assert final.frames_judged == 120 == final.frames_captured and d.stop_reason == "camera_end"
-    assert final.drops.model_dump() == {"queue": 0, "camera_bad": 0, "paused": 0, "failed": 0, "publish": 0}
+    assert final.drops.model_dump() == {"queue": 0, "camera_bad": 0, "paused": 0, "failed": 0, "publish": 0, "untriggered": 0}
     assert sub.lost == {} and sub.malformed == 0
     assert final.truth_frames == 120 and final.accuracy == 1.0
     h = bag["results"][2].header

@@ -93,7 +93,10 @@ def test_three_cameras_every_frame_judged_with_its_own_product(bundle):
     for cam, product in (("a", "widget"), ("b", "gadget"), ("c", "bolt")):
         hs = by_camera(bag["results"])[cam]
         assert {(h.product, h.bank_id) for h in hs} == {(product, bank[product])}
-        assert all(h.drops.model_dump() == {"queue": 0, "camera_bad": 0, "paused": 0, "failed": 0, "publish": 0} for h in hs)
+        assert all(
+            h.drops.model_dump() == {"queue": 0, "camera_bad": 0, "paused": 0, "failed": 0, "publish": 0, "untriggered": 0}
+            for h in hs
+        )
     assert max(insp.batch_sizes) > 1 and max(insp.batch_sizes) <= 3  # batched, one frame per camera at most
     assert max(m.header.batch for m in bag["results"]) > 1
     final = next(s for s in bag["statuses"] if s.final)
