@@ -208,7 +208,9 @@ class Publisher:
                         log.exception("status callback failed")
                 self._subscriptions()
                 self._resend_status()
-                timeout = 0.0 if stopping else max(0.0, min(0.05, next_beat - time.monotonic()))
+                # without a status callback there is no beat to wait for: wait on the queue, never spin on it
+                until_beat = next_beat - time.monotonic() if self.status_fn is not None else 0.05
+                timeout = 0.0 if stopping else max(0.0, min(0.05, until_beat))
                 try:
                     item = self.out.get(timeout=timeout) if timeout > 0 else self.out.get_nowait()
                 except queue.Empty:
