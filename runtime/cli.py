@@ -36,6 +36,7 @@ COMMANDS: dict[tuple[str, ...], tuple[str, str]] = {
         "runtime.tools.archive:export",
         "an audit's CSV plus the images of a selection, into a folder or zip",
     ),
+    ("view",): ("runtime.tools.view", "the operator's web page: live frames with the anomaly map, rejects, changeover"),
 }
 
 

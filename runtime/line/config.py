@@ -119,6 +119,26 @@ class DemoSetup(_Strict):
     quant: str = Field("Q8_0", description="tiny bundle only: GGUF quantisation")
 
 
+class ViewSetup(_Strict):
+    """Only read by `agpt view` (the operator's web page, a separate process). The daemon ignores it."""
+
+    listen: str = Field(
+        "127.0.0.1:8080",
+        description="HOST:PORT the page is served on. Keep it on loopback unless the network is trusted: anyone who "
+        "reaches it sees the line, and with the token changes products (docs/view.md)",
+    )
+    token: str | None = Field(
+        None, min_length=8, description="the password for control actions (swap, add product, ask, pause); None: read-only"
+    )
+    token_file: Path | None = Field(None, description="a file holding the token instead (first line), kept out of the config")
+    uploads: Path | None = Field(
+        None,
+        description="folder the view saves uploaded shots in before add_product (default: shots_root/view-uploads); "
+        "the daemon must be able to read it, so with shots_root set it must lie inside shots_root",
+    )
+    rejects: int = Field(12, ge=1, le=200, description="last rejects kept (thumbnails on the page)")
+
+
 class DaemonConfig(_Strict):
     bundle: Path = Field(description="bundle folder (bundle.json); product packs live in its products/ folder")
     product: str = Field(
@@ -197,6 +217,14 @@ class DaemonConfig(_Strict):
         "docs/archive.md)",
     )  # fmt: skip
     opcua: OpcuaConfig | None = Field(None, description="OPC UA server for the PLC (docs/plc.md; the `opcua` extra); None: off")
+    preview_fps: float = Field(
+        5.0, ge=0, le=60,
+        description="<prefix>.preview: at most this many downscaled JPEGs of judged frames per second and camera (plus as "
+        "many of rejected frames), made only while someone subscribes to that topic (agpt view); 0: never",
+    )  # fmt: skip
+    preview_max_side: int = Field(640, ge=32, le=4096, description="previews are scaled so their longer side is at most this")
+    preview_quality: int = Field(75, ge=10, le=100, description="JPEG quality of the previews")
+    view: ViewSetup | None = Field(None, description="settings for `agpt view` (the operator's web page)")
 
     @field_validator("publish", "control")
     @classmethod
@@ -283,6 +311,9 @@ def load_config(path: str | Path, **overrides) -> DaemonConfig:
     base = path.resolve().parent
     cfg.bundle = _resolve(base, cfg.bundle) or cfg.bundle
     cfg.shots_root = _resolve(base, cfg.shots_root) or cfg.shots_root
+    if cfg.view is not None:
+        cfg.view.token_file = _resolve(base, cfg.view.token_file) or cfg.view.token_file
+        cfg.view.uploads = _resolve(base, cfg.view.uploads) or cfg.view.uploads
     for cam in cfg.camera_list:
         if cam.kind in ("file", "folder") and not Path(str(cam.source)).is_absolute():
             cam.source = str(base / str(cam.source))

@@ -4,6 +4,8 @@ Published (ZeroMQ PUB, multipart):
   <prefix>.result  [topic, ResultHeader JSON, mask PNG]   one per judged frame
   <prefix>.status  [topic, Status JSON]                   heartbeat, and at once to a new status subscriber
   <prefix>.event   [topic, Event JSON]                    changeover, camera lost/back, errors ...
+  <prefix>.preview [topic, PreviewHeader JSON, JPEG]      downscaled judged frames, rate-limited, only while
+                                                          someone subscribes to exactly <prefix>.preview (agpt view)
 Every message has a per-topic `seq` (1, 2, 3 ...): a gap is a message this subscriber lost (slow reader,
 high-water mark). `frame_id` gaps are frames the daemon did not judge, each counted in `drops`.
 Several cameras: frame ids, products, banks and a result's `drops` are per camera (the header's `camera`).
@@ -108,6 +110,23 @@ class ResultHeader(BaseModel):
         None, description="the part in front of this camera, as the last set_part named it (a triggered camera: the trigger's)"
     )
     lot: str | None = Field(None, description="its lot, as the last set_part named it")
+
+
+class PreviewHeader(BaseModel):
+    """A downscaled camera frame for a live view; its frame_id and camera match the ResultHeader it was judged in."""
+
+    schema_version: int = SCHEMA_VERSION
+    seq: int = Field(0, description="per-topic message number")
+    frame_id: int = Field(description="the judged frame (its result has the same camera and frame_id)")
+    camera: str
+    capture_time: float = Field(description="unix time the frame was read from the camera")
+    publish_time: float = Field(description="unix time the JPEG was handed to the publisher")
+    width: int = Field(description="JPEG columns (the frame scaled so its longer side <= preview_max_side)")
+    height: int = Field(description="JPEG rows")
+    frame_width: int = Field(description="camera frame columns (FrameTransformInfo.width)")
+    frame_height: int = Field(description="camera frame rows")
+    reject: bool = Field(False, description="sent because the frame was judged anomalous (rejects have their own rate limit)")
+    encoding: Literal["jpeg"] = Field("jpeg", description="third message frame: a baseline JPEG")
 
 
 class SinkStats(BaseModel):
@@ -445,7 +464,7 @@ def schema_markdown() -> str:
         "## Published messages",
         "",
     ]
-    for m in (ResultHeader, MaskInfo, FrameTransformInfo, Drops, Truth, Status, CameraStatus, SinkStats, Event):
+    for m in (ResultHeader, MaskInfo, FrameTransformInfo, Drops, Truth, Status, CameraStatus, SinkStats, Event, PreviewHeader):
         parts.append(_table(m))
     parts += [
         "## Control requests",

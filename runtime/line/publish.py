@@ -7,7 +7,8 @@ counts it (drops.publish). The thread sends with NOBLOCK under SNDHWM: a slow su
 
 Late joiners: the socket is an XPUB with XPUB_VERBOSE, so every new subscription reaches this thread;
 when one covers `<prefix>.status` the last status is re-sent at once (a last-value cache for one topic;
-other status subscribers see an extra, identical status, which is harmless).
+other status subscribers see an extra, identical status, which is harmless). Every subscription message
+also goes to `on_subscription` (runtime/line/preview.py turns previews on and off with it).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from collections.abc import Callable
 import zmq
 from pydantic import BaseModel
 
-from runtime.line.messages import Event, ResultHeader, Status
+from runtime.line.messages import Event, PreviewHeader, ResultHeader, Status
 
 log = logging.getLogger("agpt.publish")
 
@@ -114,13 +115,15 @@ class Publisher:
         self.resend_interval_s = 0.1  # flapping subscribers cannot turn the cache into a status flood
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        # called on the socket thread with each raw XPUB subscription message (b"\x01topic" / b"\x00topic")
+        self.on_subscription: Callable[[bytes], None] | None = None
 
     def topic(self, kind: str) -> str:
         return f"{self.prefix}.{kind}"
 
     # -- producers (any thread) --
 
-    def _enqueue(self, kind: str, model: BaseModel, extra: list[bytes]) -> bool:
+    def _enqueue(self, kind: str, model: BaseModel, extra: list[bytes], count_drop: bool = True) -> bool:
         with self._seq_lock:  # numbered before queuing: our own drops show up as seq gaps too
             n = self._seq.get(kind, 0) + 1
             self._seq[kind] = n
@@ -129,7 +132,7 @@ class Publisher:
                 self.out.put_nowait((kind, model, extra))
                 return True
             except queue.Full:
-                self.drops += 1
+                self.drops += count_drop
                 return False
 
     def last_seq(self, kind: str) -> int:
@@ -143,6 +146,10 @@ class Publisher:
 
     def publish_status(self, status: Status) -> bool:
         return self._enqueue("status", status, [])
+
+    def publish_preview(self, header: PreviewHeader, jpeg: bytes) -> bool:
+        """A preview the queue has no room for is the preview's own loss (PreviewGate counts it), not drops.publish."""
+        return self._enqueue("preview", header, [jpeg], count_drop=False)
 
     # -- the socket thread --
 
@@ -182,6 +189,11 @@ class Publisher:
                 return
             if msg[:1] == b"\x01" and status_topic.startswith(msg[1:]) and self._resend_due is None:
                 self._resend_due = max(time.monotonic(), self._last_resend + self.resend_interval_s)
+            if self.on_subscription is not None:
+                try:
+                    self.on_subscription(msg)
+                except Exception:
+                    log.exception("subscription callback failed")
 
     def _resend_status(self) -> None:
         """Re-send the last status for new subscribers, at most once per resend_interval_s."""

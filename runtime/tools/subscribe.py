@@ -111,6 +111,8 @@ class ResultSubscriber:
             elif kind == "event":
                 msg = EventMessage(topic, Event.model_validate_json(frames[1]))
                 seq = msg.event.seq
+            elif kind == "preview":  # a view's JPEGs reach wildcard subscribers too: not ours, not malformed
+                return None
             else:
                 raise ValueError(topic)
         except Exception:
