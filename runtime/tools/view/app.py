@@ -271,8 +271,12 @@ def create_app(settings: ViewSettings) -> Starlette:
             await holder["link"].stop()
             zctx.term()
 
+    async def favicon(req: Request) -> Response:
+        return Response(status_code=204)
+
     routes = [
         Route("/", endpoint(index)),
+        Route("/favicon.ico", favicon),
         Route("/api/state", endpoint(api_state)),
         Route("/api/products", endpoint(api_products)),
         Route("/api/frames/{camera}.jpg", endpoint(frame_jpg)),
