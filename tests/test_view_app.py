@@ -14,13 +14,13 @@ import pytest
 pytest.importorskip("starlette")
 pytest.importorskip("httpx")
 
-from _daemon_fakes import CountingSource, FakeInspector, ctl, daemon_config, make_bundle, running  # noqa: E402
-from _view_helpers import poll  # noqa: E402
-from starlette.testclient import TestClient  # noqa: E402
+from _daemon_fakes import CountingSource, FakeInspector, daemon_config, make_bundle, running
+from _view_helpers import poll
+from starlette.testclient import TestClient
 
-from runtime.errors import AgptError  # noqa: E402
-from runtime.tools.view.app import STATIC, create_app  # noqa: E402
-from runtime.tools.view.settings import ViewSettings, settings_from  # noqa: E402
+from runtime.errors import AgptError
+from runtime.tools.view.app import STATIC, create_app
+from runtime.tools.view.settings import ViewSettings, settings_from
 
 TOKEN = "t0ken-for-tests"
 PREFIX = "line1.station3"  # daemon_config's
@@ -183,7 +183,13 @@ def test_settings_from_a_config_file_and_from_endpoints(tmp_path):
     with pytest.raises(AgptError, match="outside shots_root"):
         settings_from(str(cfg), uploads=tmp_path / "elsewhere")
     e = settings_from("tcp://10.0.0.5:5555,tcp://10.0.0.5:5556", prefix="a.b")
-    assert (e.publish, e.control, e.prefix, e.token, e.uploads) == ("tcp://10.0.0.5:5555", "tcp://10.0.0.5:5556", "a.b", None, None)
+    assert (e.publish, e.control, e.prefix, e.token, e.uploads) == (
+        "tcp://10.0.0.5:5555",
+        "tcp://10.0.0.5:5556",
+        "a.b",
+        None,
+        None,
+    )
     assert settings_from("tcp://10.0.0.5:5555").control is None
     with pytest.raises(AgptError):
         settings_from("tcp://a:1,tcp://b:2,tcp://c:3")

@@ -14,7 +14,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 pytest.importorskip("selenium")
 
-import _view_helpers as vh  # noqa: E402
+import _view_helpers as vh
 
 pytestmark = pytest.mark.slow
 
@@ -156,7 +156,11 @@ def test_the_page_shows_the_line_and_switches_products(bundle, tmp_path):
                 assert vh.poll(lambda: drv.execute_script(
                     "return ['cam0','cam1'].every(c => document.querySelector('#camera-' + c).dataset.product === 'tiles2')"), 60)  # fmt: skip
                 change = next(e for e in col.events if e.kind == "changeover" and e.detail["camera"] == "cam0")
-                after = [m.header.product for (cam, f), m in list(col.results.items()) if cam == "cam0" and f > change.detail["after_frame_id"]]
+                after = [
+                    m.header.product
+                    for (cam, f), m in list(col.results.items())
+                    if cam == "cam0" and f > change.detail["after_frame_id"]
+                ]
                 assert after and set(after) == {"tiles2"}
                 assert d.lanes[0].pack.name == "tiles2"
 

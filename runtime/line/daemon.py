@@ -43,6 +43,7 @@ from runtime.line.control import ControlServer, start_authenticator
 from runtime.line.lanes import KeptFrame, Lane
 from runtime.line.loop import InspectionLoop
 from runtime.line.messages import Drops, Status
+from runtime.line.preview import PreviewGate, attach_preview
 from runtime.line.publish import Publisher
 from runtime.line.slots import CameraSlots, SlotQueue
 from runtime.line.sources import Source
@@ -91,6 +92,7 @@ class Daemon:
         self.max_batch = 1
         self.store = store
         self.publisher: Publisher | None = None
+        self.preview: PreviewGate | None = None  # <prefix>.preview, made only while subscribed (runtime/line/preview.py)
         self.control: ControlServer | None = None
         self.sinks = Fanout()  # start() builds the configured ones
         self.triggers = trigger.TriggerBook(cams)  # triggered cameras: pending triggers, untriggered drops
@@ -186,6 +188,7 @@ class Daemon:
         self.sinks = Fanout(build_sinks(cfg, self))
         self.sinks.start()  # a sink that cannot start (bad URL, missing extra) refuses the start, before any bind
         self._open_sockets()
+        self.preview = attach_preview(self.publisher, cfg)
         # each camera's thread preprocesses its frames: that work overlaps the models on the inspection loop
         prepare = getattr(self.inspector, "prepare", None)
         self.slots = CameraSlots(len(self.lanes))
@@ -268,6 +271,8 @@ class Daemon:
         self.commands.stop()  # before control: a swap the loader still runs must see the loop gone, not hang
         if self.control is not None:
             self.control.stop()
+        if self.preview is not None:
+            self.preview.stop()
         if self.publisher is not None:
             trigger.fail_all(self, "stopping")  # every accepted trigger ends in a result or a failure, also here
             self.event("stopping", {"reason": self.stop_reason, "frames_judged": self.judged})

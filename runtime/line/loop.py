@@ -205,6 +205,8 @@ class InspectionLoop:
         header, png = make_result(frame, pack, j, t0, t1, prefix=s.cfg.topic_prefix, inspector=s.inspector,
                                   drops=s.drops(lane), batch=batch, part=trigger.part_of(lane, frame))  # fmt: skip
         s.publisher.publish_result(header, png)
+        if s.preview is not None:  # a dict lookup unless a view subscribes; the JPEG is made on the preview thread
+            s.preview.offer(frame.camera, frame.frame_id, frame.image, frame.capture_time, bool(header.verdict))
         s.sinks.result(SinkResult(header, png, frame.image, getattr(j, "map", None), frame.part_id))
         if header.truth is not None and header.truth.label is not None:
             s.truth_frames += 1

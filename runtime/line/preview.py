@@ -1,8 +1,8 @@
 """The preview topic: downscaled JPEGs of judged frames for a live view (`agpt view`), never a cost nobody asked for.
 
-    gate = PreviewGate(publisher.topic("preview"), fps=5, max_side=640, publish=publisher.publish_preview)
-    publisher.on_subscription = gate.subscription     # the XPUB tells us who listens
-    gate.start()
+    gate = attach_preview(publisher, cfg)   # PreviewGate(publisher.topic("preview"), cfg.preview_fps, ...),
+                                            # publisher.on_subscription = gate.subscription (the XPUB says who
+                                            # listens), gate.start()
     ... after each published result (the inspection loop): gate.offer(camera, frame_id, image, capture_time, reject)
     gate.stop()
 
@@ -191,7 +191,7 @@ class PreviewGate:
         }
 
 
-def attach(publisher, cfg) -> PreviewGate:
+def attach_preview(publisher, cfg) -> PreviewGate:
     """The daemon's gate: fed by its publisher's subscriptions, publishing on <prefix>.preview, started."""
     gate = PreviewGate(publisher.topic("preview"), cfg.preview_fps, cfg.preview_max_side, publisher.publish_preview,
                        quality=cfg.preview_quality)  # fmt: skip
