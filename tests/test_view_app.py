@@ -237,3 +237,42 @@ def test_state_matches_previews_with_their_results():
     assert out[0]["h"]["frame_id"] == 5 and base64.b64decode(out[0]["mask"]) == b"png5"
     assert out[1]["t"] == "reject" and st.rejects[-1].jpeg == b"\xff\xd8\xffjpeg"
     assert st.on_preview(p.model_copy(update={"frame_id": 99}), b"j")[0]["mask"] is None and st.unmatched_previews == 1
+
+
+def test_agpt_view_serves_the_page_for_a_running_daemon(line):
+    """The command itself (uvicorn in its own process), as an operator starts it."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import urllib.request
+
+    d, s = line
+    with socket.socket() as so:
+        so.bind(("127.0.0.1", 0))
+        port = so.getsockname()[1]
+    cmd = [sys.executable, "-m", "runtime.cli", "view", "--daemon", f"{d.publish_endpoint},{d.control_endpoint}",
+           "--prefix", PREFIX, "--listen", f"127.0.0.1:{port}"]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+    def state():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=1) as r:
+                j = json.loads(r.read())
+                return j["data"] if j["data"]["status"] else None
+        except OSError:
+            return None
+
+    try:
+        got = poll(state, 30)
+        assert got and got["status"]["product"] == "widget" and got["view"]["read_only"] is True
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/api/pause", method="POST", data=b"{}")
+        with pytest.raises(urllib.error.HTTPError) as e:
+            urllib.request.urlopen(req, timeout=5)
+        assert e.value.code == 403 and not d.paused.is_set()
+    finally:
+        proc.terminate()
+        out = proc.communicate(timeout=15)[0]
+    assert f"http://127.0.0.1:{port}/" in out and "read-only" in out
