@@ -203,7 +203,7 @@ def test_agpt_view_is_a_command():
 
     assert COMMANDS[("view",)][0] == "runtime.tools.view"
     out = subprocess.run([sys.executable, "-m", "runtime.cli", "view", "--help"], capture_output=True, text=True, timeout=60,
-                         cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+                         cwd=Path(__file__).resolve().parents[2])  # fmt: skip
     assert out.returncode == 0 and "--daemon" in out.stdout and "--token" in out.stdout
 
 
@@ -254,7 +254,7 @@ def test_agpt_view_serves_the_page_for_a_running_daemon(line):
     cmd = [sys.executable, "-m", "runtime.cli", "view", "--daemon", f"{d.publish_endpoint},{d.control_endpoint}",
            "--prefix", PREFIX, "--listen", f"127.0.0.1:{port}"]  # fmt: skip
     proc = subprocess.Popen(
-        cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, cwd=Path(__file__).resolve().parents[2], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
 
     def state():
