@@ -130,9 +130,10 @@ function camera(name) {
   return c;
 }
 
-function onResult(name, h) {
+// live: pushed as it was published (the snapshot's last result and frame are old: not timed)
+function onResult(name, h, live = true) {
   const c = camera(name);
-  c.last = h; c.count++; window.__agptCounts.results++;
+  c.last = h; c.live = live; c.count++; window.__agptCounts.results++;
   if (h.judge === "calibrated-score") setLite(true);
   if (!c.dirty) { c.dirty = true; requestAnimationFrame(() => renderResult(c)); }
 }
@@ -152,23 +153,24 @@ function renderResult(c) {
   $(".answer-text", el).textContent = h.answer || "";
   el.dataset.product = h.product;
   el.dataset.frameId = h.frame_id;
-  recordLatency("result", h.publish_time);
+  if (c.live) recordLatency("result", h.publish_time);
 }
 
 // previews come at a few per second; one decode at a time per camera, the newest waiting one next
-function onFrame(m) {
+function onFrame(m, live = true) {
   const c = camera(m.camera);
+  m.live = live;
   if (c.painting) { c.next = m; return; }
   c.painting = true;
   paint(c.frame, c.overlay, m.jpeg, m.mask, m.h, { w: m.p.width, h: m.p.height })
     .then(() => new Promise((res) => requestAnimationFrame(() => {
-      recordLatency("frame", m.p.publish_time);
+      if (m.live) recordLatency("frame", m.p.publish_time);
       window.__agptCounts.frames++;
       c.el.dataset.shownFrame = m.frame_id;
       res();
     })))
     .catch((e) => console.warn("frame", e))
-    .finally(() => { c.painting = false; if (c.next) { const n = c.next; c.next = null; onFrame(n); } });
+    .finally(() => { c.painting = false; if (c.next) { const n = c.next; c.next = null; onFrame(n, n.live); } });
 }
 
 // ---- rejects --------------------------------------------------------------------------------------
@@ -328,8 +330,8 @@ function onHello(m) {
   const snap = m.snapshot;
   if (snap.status) onStatus(snap.status);
   for (const [name, c] of Object.entries(snap.cameras)) {
-    if (c.last_result) onResult(name, c.last_result);
-    if (c.frame) onFrame(c.frame);
+    if (c.last_result) onResult(name, c.last_result, false);
+    if (c.frame) onFrame(c.frame, false);
   }
   for (const r of snap.rejects) onReject(r);
   for (const e of snap.events) onEvent(e);
