@@ -144,6 +144,8 @@ def main() -> int:
         "ratio_to_none": {k: round(v / med["none"], 3) for k, v in med.items()},
         "latency_ms": {k: {"n": len(v), "median": round(pct(v, 50), 1), "p99": round(pct(v, 99), 1)} for k, v in lat.items()},
         "preview": stats,
+        # the daemon's own CPU for streaming, independent of the host's load: scale + JPEG per second of streaming
+        "preview_ms_per_s": round((stats["sent"] * (stats["encode_ms_mean"] or 0)) / (2 * args.rounds * args.seconds), 2),
         "settings": {
             "seconds": args.seconds,
             "rounds": args.rounds,

@@ -276,3 +276,32 @@ def test_agpt_view_serves_the_page_for_a_running_daemon(line):
         proc.terminate()
         out = proc.communicate(timeout=15)[0]
     assert f"http://127.0.0.1:{port}/" in out and "read-only" in out
+
+
+def test_a_view_with_curve_keys_reads_and_controls_a_curve_daemon(tmp_path):
+    """A daemon that authenticates its clients (its control reachable from other machines): the view with an
+    authorised key gets the results and the control channel; without keys it is refused at start."""
+    import zmq.auth
+
+    keys, clients = tmp_path / "keys", tmp_path / "clients"
+    keys.mkdir()
+    clients.mkdir()
+    server_pub, server_sec = zmq.auth.create_certificates(keys, "server")
+    client_pub, client_sec = zmq.auth.create_certificates(keys, "view")
+    Path(client_pub).rename(clients / "view.key")
+    bundle = make_bundle(tmp_path / "bundle")
+    curve = {"server_secret_key": server_sec, "authorized_clients": clients}
+    cfg = daemon_config(bundle, control="tcp://0.0.0.0:*", curve=curve)
+    with running(cfg, FakeInspector(), source=CountingSource(period=0.005)) as d:
+        port = d.control_endpoint.rsplit(":", 1)[1]
+        s = settings_from(f"{d.publish_endpoint},tcp://127.0.0.1:{port}", prefix=PREFIX, token=TOKEN,
+                          server_key=Path(server_pub), client_key=Path(client_sec))  # fmt: skip
+        with TestClient(create_app(s)) as c:
+            assert c.get("/api/products").json()["data"]["active"] == "widget"
+            with c.websocket_connect("/ws") as ws:
+                ws.receive_json()
+                assert poll(lambda: ws.receive_json()["t"] == "result", 10)
+            assert c.post("/api/pause", headers=_auth()).json()["data"] == {"paused": True}
+        assert d.paused.is_set()
+    with pytest.raises(AgptError, match="both"):
+        settings_from("tcp://127.0.0.1:1", server_key=Path(server_pub))

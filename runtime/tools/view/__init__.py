@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token", default=None, help="the password for control actions (default: view.token / view.token_file)")
     p.add_argument("--prefix", default=None, help="the daemon's topic_prefix (with endpoints; default line1.station1)")
     p.add_argument("--uploads", type=Path, default=None, help="folder for uploaded shots (the daemon must read it)")
+    p.add_argument("--server-key", type=Path, default=None, help="CURVE: the daemon's public key file (server.key)")
+    p.add_argument("--client-key", type=Path, default=None, help="CURVE: this view's secret key file (authorised on the daemon)")
     p.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -41,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     from runtime.tools.view.settings import settings_from
 
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    s = settings_from(args.daemon, args.listen, args.token, args.prefix, args.uploads)
+    s = settings_from(args.daemon, args.listen, args.token, args.prefix, args.uploads, args.server_key, args.client_key)
     host, port = s.host_port
     if not s.loopback:
         log.warning("the view listens on %s: anyone who reaches it sees the line%s", s.listen,

@@ -82,7 +82,7 @@ def create_app(settings: ViewSettings) -> Starlette:
             raise ApiError(503, "no control endpoint given: the view is read-only")
         timeout = settings.slow_timeout_s if slow else settings.control_timeout_s
         try:
-            reply = await run_in_threadpool(control_request, settings.control, payload, timeout, None, zctx)
+            reply = await run_in_threadpool(control_request, settings.control, payload, timeout, settings.curve, zctx)
         except TimeoutError as e:
             raise ApiError(504, str(e)) from None
         if not reply.get("ok"):
@@ -263,7 +263,8 @@ def create_app(settings: ViewSettings) -> Starlette:
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
-        holder["link"] = DaemonLink(settings.publish, settings.prefix, state)
+        holder["link"] = DaemonLink(settings.publish, settings.prefix, state,
+                                    curve=settings.curve if settings.curve_results else None)  # fmt: skip
         holder["link"].start()
         try:
             yield

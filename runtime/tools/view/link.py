@@ -18,7 +18,7 @@ import zmq
 import zmq.asyncio
 
 from runtime.line.messages import Event, PreviewHeader, ResultHeader, Status
-from runtime.line.publish import apply_socket_limits
+from runtime.line.publish import apply_curve_client, apply_socket_limits
 from runtime.tools.view.state import ViewState
 
 log = logging.getLogger("agpt.view")
@@ -43,7 +43,7 @@ class Client:
 
 
 class DaemonLink:
-    def __init__(self, publish: str, prefix: str, state: ViewState, max_message_bytes: int = 64 << 20):
+    def __init__(self, publish: str, prefix: str, state: ViewState, max_message_bytes: int = 64 << 20, curve: dict | None = None):
         self.publish = publish
         self.prefix = prefix
         self.state = state
@@ -52,6 +52,8 @@ class DaemonLink:
         self.sock = self.ctx.socket(zmq.SUB)
         apply_socket_limits(self.sock, max_message_bytes)
         self.sock.setsockopt(zmq.RCVHWM, 2000)
+        if curve:
+            apply_curve_client(self.sock, curve)
         for kind in ("result", "status", "event"):
             self.sock.setsockopt(zmq.SUBSCRIBE, f"{prefix}.{kind}".encode())
         self.preview_topic = f"{prefix}.preview".encode()

@@ -25,6 +25,9 @@ class ViewSettings(BaseModel):
     token: str | None = Field(None, description="control actions need it; None: read-only")
     uploads: Path | None = Field(None, description="where uploaded shots are saved for add_product (None: uploads refused)")
     rejects: int = Field(12, ge=1, le=200)
+    server_key: Path | None = Field(None, description="CURVE: the daemon's public key file (server.key)")
+    client_key: Path | None = Field(None, description="CURVE: this view's secret key file (its public key authorised)")
+    curve_results: bool = Field(True, description="with CURVE: the results socket is encrypted too (the daemon's curve.results)")
     control_timeout_s: float = Field(10.0, gt=0, description="fast requests (status, pause, swap)")
     slow_timeout_s: float = Field(180.0, gt=0, description="add_product and ask")
 
@@ -34,6 +37,13 @@ class ViewSettings(BaseModel):
         if not host or not port.isdigit():
             raise AgptError(f"--listen {self.listen!r}: expected HOST:PORT (127.0.0.1:8080)")
         return host.strip("[]"), int(port)
+
+    @property
+    def curve(self) -> dict | None:
+        """For publish.apply_curve_client (the control requests and, with curve_results, the SUB)."""
+        if self.server_key is None:
+            return None
+        return {"server_public_key": self.server_key, "client_secret_key": self.client_key}
 
     @property
     def loopback(self) -> bool:
@@ -57,9 +67,18 @@ def _token_from(setup: ViewSetup | None, cli_token: str | None) -> str | None:
 
 
 def settings_from(
-    daemon: str, listen: str | None = None, token: str | None = None, prefix: str | None = None, uploads: Path | None = None
+    daemon: str,
+    listen: str | None = None,
+    token: str | None = None,
+    prefix: str | None = None,
+    uploads: Path | None = None,
+    server_key: Path | None = None,
+    client_key: Path | None = None,
 ) -> ViewSettings:
-    """daemon: a config YAML path, or 'PUBLISH[,CONTROL]' endpoints."""
+    """daemon: a config YAML path, or 'PUBLISH[,CONTROL]' endpoints. server_key/client_key: CURVE, both or neither."""
+    if (server_key is None) != (client_key is None):
+        raise AgptError("CURVE needs both --server-key and --client-key")
+    keys = {"server_key": server_key, "client_key": client_key}
     first = daemon.split(",")[0]
     if ENDPOINT_RE.match(first):
         parts = [p.strip() for p in daemon.split(",")]
@@ -72,8 +91,11 @@ def settings_from(
             listen=listen or "127.0.0.1:8080",
             token=token,
             uploads=uploads,
+            **keys,
         )
     cfg = load_config(Path(daemon))
+    if cfg.curve is not None and server_key is None:
+        raise AgptError(f"{daemon}: the daemon uses CURVE: give the view --server-key and --client-key")
     setup = cfg.view
     up = uploads or (setup.uploads if setup else None)
     if up is None and cfg.shots_root is not None:
@@ -94,4 +116,6 @@ def settings_from(
         token=_token_from(setup, token),
         uploads=up,
         rejects=setup.rejects if setup else 12,
+        curve_results=cfg.curve.results if cfg.curve is not None else True,
+        **keys,
     )
