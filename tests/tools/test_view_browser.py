@@ -15,6 +15,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("selenium")
 
 import _view_helpers as vh
+from selenium.common.exceptions import StaleElementReferenceException
 
 pytestmark = pytest.mark.slow
 
@@ -112,8 +113,8 @@ def test_the_page_shows_the_line_and_switches_products(bundle, tmp_path):
                                 != first and f)  # fmt: skip
                 assert int(later) > int(first)
                 assert vh.poll(lambda: drv.execute_script("return window.__agptCounts.frames") >= 2, 60)
-                shown = int(drv.find_element("css selector", "#camera-cam0 .count").text)
-                assert shown >= 1
+                assert vh.poll(lambda: int(drv.find_element("css selector", "#camera-cam0 .count").text) >= 20, 60)
+                assert "frame" in drv.find_element("css selector", "#camera-cam0 .caption").text
 
                 # the overlay has colour where the map is high and none where it is ~0, on the frame it belongs to
                 def checked_overlay():
@@ -135,9 +136,18 @@ def test_the_page_shows_the_line_and_switches_products(bundle, tmp_path):
 
                 # the last rejects: a thumbnail opens full size with its overlay
                 assert vh.poll(lambda: drv.execute_script("return document.querySelectorAll('#rejects .thumb').length") >= 1, 60)
-                thumb = drv.find_element("css selector", "#rejects .thumb")
-                rid = thumb.get_attribute("data-id")
-                thumb.click()
+
+                def click_a_reject():  # thumbnails are re-made as rejects come (and get their picture): retry a stale one
+                    try:
+                        thumb = drv.find_element("css selector", "#rejects .thumb")
+                        rid = thumb.get_attribute("data-id")
+                        thumb.click()
+                        return rid
+                    except StaleElementReferenceException:
+                        return None
+
+                rid = vh.poll(click_a_reject, 30)
+                assert rid
                 assert vh.poll(lambda: drv.execute_script("return document.querySelector('#modal').dataset.painted") == rid)
                 assert drv.find_element("css selector", "#modal").is_displayed()
                 _, modal_alpha = _overlay(drv, "#modal-overlay")

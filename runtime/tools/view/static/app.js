@@ -167,6 +167,9 @@ function onFrame(m, live = true) {
       if (m.live) recordLatency("frame", m.p.publish_time);
       window.__agptCounts.frames++;
       c.el.dataset.shownFrame = m.frame_id;
+      // the picture's own verdict (the box below follows every result, the picture a few a second)
+      const h = m.h;
+      $(".caption", c.el).textContent = `frame ${m.frame_id}` + (h ? ` · ${h.verdict === true ? "REJECT" : h.verdict === false ? "OK" : "??"} · ${h.score.toFixed(3)}` : "");
       res();
     })))
     .catch((e) => console.warn("frame", e))
