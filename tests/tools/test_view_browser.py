@@ -39,6 +39,7 @@ class Collector:
 
         self.results: dict = {}
         self.events: list = []
+        self.lock = threading.Lock()  # the test reads while this thread writes
         self.sub = ResultSubscriber(endpoint, [f"{vh.PREFIX}.result", f"{vh.PREFIX}.event"])
         self._stop = threading.Event()
         self.kinds = (ResultMessage, EventMessage)
@@ -48,10 +49,19 @@ class Collector:
     def _run(self):
         while not self._stop.is_set():
             m = self.sub.recv(0.2)
-            if isinstance(m, self.kinds[0]):
-                self.results[(m.header.camera, m.header.frame_id)] = m
-            elif isinstance(m, self.kinds[1]):
-                self.events.append(m.event)
+            with self.lock:
+                if isinstance(m, self.kinds[0]):
+                    self.results[(m.header.camera, m.header.frame_id)] = m
+                elif isinstance(m, self.kinds[1]):
+                    self.events.append(m.event)
+
+    def result(self, camera: str, frame_id: int):
+        with self.lock:
+            return self.results.get((camera, frame_id))
+
+    def copy(self) -> tuple[dict, list]:
+        with self.lock:
+            return dict(self.results), list(self.events)
 
     def close(self):
         self._stop.set()
@@ -114,12 +124,12 @@ def test_the_page_shows_the_line_and_switches_products(bundle, tmp_path):
                 assert int(later) > int(first)
                 assert vh.poll(lambda: drv.execute_script("return window.__agptCounts.frames") >= 2, 60)
                 assert vh.poll(lambda: int(drv.find_element("css selector", "#camera-cam0 .count").text) >= 20, 60)
-                assert "frame" in drv.find_element("css selector", "#camera-cam0 .caption").text
+                assert vh.poll(lambda: "frame" in drv.find_element("css selector", "#camera-cam0 .caption").text, 60)
 
                 # the overlay has colour where the map is high and none where it is ~0, on the frame it belongs to
                 def checked_overlay():
                     fid, alpha = _overlay(drv, "#camera-cam0")
-                    m = col.results.get(("cam0", fid))
+                    m = col.result("cam0", fid)
                     if m is None or m.mask is None or m.mask.max() < 64:
                         return None  # a frame with a clear blob is needed: wait for the next preview
                     ft = m.header.mask.frame_transform
@@ -165,13 +175,18 @@ def test_the_page_shows_the_line_and_switches_products(bundle, tmp_path):
                     drv.find_element("css selector", "#message").text  # fmt: skip
                 assert vh.poll(lambda: drv.execute_script(
                     "return ['cam0','cam1'].every(c => document.querySelector('#camera-' + c).dataset.product === 'tiles2')"), 60)  # fmt: skip
-                change = next(e for e in col.events if e.kind == "changeover" and e.detail["camera"] == "cam0")
-                after = [
-                    m.header.product
-                    for (cam, f), m in list(col.results.items())
-                    if cam == "cam0" and f > change.detail["after_frame_id"]
-                ]
-                assert after and set(after) == {"tiles2"}
+                # the collector is its own subscriber: it may still be reading what the page already shows
+                change = vh.poll(
+                    lambda: next((e for e in col.copy()[1] if e.kind == "changeover" and e.detail["camera"] == "cam0"), None)
+                )
+                assert change is not None
+
+                def after_change():
+                    return [m.header.product for (cam, f), m in col.copy()[0].items()
+                            if cam == "cam0" and f > change.detail["after_frame_id"]]  # fmt: skip
+
+                assert vh.poll(after_change, 30)
+                assert set(after_change()) == {"tiles2"}
                 assert d.lanes[0].pack.name == "tiles2"
 
                 shot = tmp_path / "view.png"
