@@ -7,7 +7,8 @@ throughout; each round measures its frames/s over `--seconds` in three settings,
   none      nobody subscribes to <prefix>.preview (no view): previews are never made
   preview   a bare SUB takes <prefix>.preview (what the daemon pays for streaming: the gate, JPEG encoding, sending)
   view      `agpt view` (its own process) with headless Chromium on the page, streaming
-and prints each median with its ratio to `none`. The page measures publish -> paint itself
+and prints each median with its ratio to `none`, and the daemon process's CPU per judged frame (the view
+and Chromium run in other processes; on a shared host this moves far less than wall-clock frames/s). The page measures publish -> paint itself
 (window.__agptLatency: the daemon's publish_time to the animation frame after drawing); its median and
 p99 are printed for the previews (frame + overlay) and the results (verdict, counters). On a small host
 the view and the browser share the daemon's cores: `view` then includes their CPU, `preview` does not.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -35,10 +37,20 @@ import numpy as np
 import zmq
 
 
-def judged_rate(d, seconds: float) -> float:
-    n0, t0 = d.judged, time.monotonic()
+def _cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def judged_rate(d, seconds: float, cpu: list | None = None) -> float:
+    """Frames/s over the window; cpu gets this process's CPU ms per judged frame (the daemon's, less noisy than
+    wall-clock frames/s on a shared host: the view and Chromium are other processes)."""
+    n0, t0, c0 = d.judged, time.monotonic(), _cpu_s()
     time.sleep(seconds)
-    return (d.judged - n0) / (time.monotonic() - t0)
+    n = d.judged - n0
+    if cpu is not None and n:
+        cpu.append((_cpu_s() - c0) * 1e3 / n)
+    return n / (time.monotonic() - t0)
 
 
 class PreviewSink:
@@ -108,6 +120,7 @@ def main() -> int:
     for cam in cfg.camera_list:
         cam.when_full = "wait"  # the daemon's own rate, not the camera's
     rates: dict[str, list[float]] = {"none": [], "preview": [], "view": []}
+    cpu: dict[str, list[float]] = {"none": [], "preview": [], "view": []}
     lat = {"frame": [], "result": []}
     with vh.running_daemon(cfg, insp) as d, tempfile.TemporaryDirectory() as tmp:
         judged_rate(d, 3.0)  # warm-up
@@ -120,16 +133,16 @@ def main() -> int:
                     # none: the page is closed (about:blank), so the view unsubscribes from the previews
                     drv.get("about:blank")
                     assert vh.poll(lambda: not d.preview.active, 10)
-                    rates["none"].append(judged_rate(d, args.seconds))
+                    rates["none"].append(judged_rate(d, args.seconds, cpu["none"]))
                     sink = PreviewSink(d.publish_endpoint)
                     assert vh.poll(lambda: d.preview.active, 10)
-                    rates["preview"].append(judged_rate(d, args.seconds))
+                    rates["preview"].append(judged_rate(d, args.seconds, cpu["preview"]))
                     sink.close()
                     drv.get(f"http://127.0.0.1:{port}/")
                     assert vh.poll(
                         lambda: drv.execute_script("return window.__agptCounts && window.__agptCounts.frames") >= 1, 30
                     )
-                    rates["view"].append(judged_rate(d, args.seconds))
+                    rates["view"].append(judged_rate(d, args.seconds, cpu["view"]))
                     got = drv.execute_script("return window.__agptLatency")
                     lat["frame"] += got["frame"]
                     lat["result"] += got["result"]
@@ -142,6 +155,7 @@ def main() -> int:
     out = {
         "frames_per_s": {k: round(v, 2) for k, v in med.items()},
         "ratio_to_none": {k: round(v / med["none"], 3) for k, v in med.items()},
+        "daemon_cpu_ms_per_frame": {k: round(statistics.median(v), 3) for k, v in cpu.items() if v},
         "latency_ms": {k: {"n": len(v), "median": round(pct(v, 50), 1), "p99": round(pct(v, 99), 1)} for k, v in lat.items()},
         "preview": stats,
         # the daemon's own CPU for streaming, independent of the host's load: scale + JPEG per second of streaming
