@@ -84,8 +84,10 @@ function cropRect(h, W, H) {
 
 // frame (ImageBitmap or null) + mask onto a canvas pair; the size is the preview's (or the frame's, scaled)
 async function paint(frameCanvas, overlayCanvas, jpegB64, maskB64, h, size) {
-  const frame = jpegB64 ? await bitmap(jpegB64, "image/jpeg") : null;
-  const mask = maskB64 ? await maskCanvas(maskB64) : null;
+  const [frame, mask] = await Promise.all([  // both decodes at once
+    jpegB64 ? bitmap(jpegB64, "image/jpeg") : null,
+    maskB64 ? maskCanvas(maskB64) : null,
+  ]);
   let W = frame ? frame.width : size.w, H = frame ? frame.height : size.h;
   for (const c of [frameCanvas, overlayCanvas]) { if (c.width !== W) c.width = W; if (c.height !== H) c.height = H; }
   const fg = frameCanvas.getContext("2d");
