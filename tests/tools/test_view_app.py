@@ -173,11 +173,13 @@ def test_settings_from_a_config_file_and_from_endpoints(tmp_path):
     cfg.write_text(
         "bundle: b\nproduct: p\ncamera: {kind: folder, source: f}\npublish: tcp://*:6000\ncontrol: tcp://127.0.0.1:6001\n"
         "topic_prefix: l2.s9\nshots_root: shots\nview: {listen: '127.0.0.1:9001', token_file: token.txt, rejects: 5}\n"
+        "archive: {url: 'sqlite:///arch/results.db'}\n"
     )
     s = settings_from(str(cfg))
     assert (s.publish, s.control, s.prefix) == ("tcp://127.0.0.1:6000", "tcp://127.0.0.1:6001", "l2.s9")
     assert s.host_port == ("127.0.0.1", 9001) and s.loopback and s.token == "from-a-file-123" and s.rejects == 5
     assert s.uploads == (tmp_path / "shots" / "view-uploads").resolve()
+    assert s.archive.url == f"sqlite:///{(tmp_path / 'arch' / 'results.db').resolve()}" and s.bundle == (tmp_path / "b").resolve()
     assert settings_from(str(cfg), listen="0.0.0.0:80", token="cli-token-1").loopback is False
     assert settings_from(str(cfg), token="cli-token-1").token == "cli-token-1"
     with pytest.raises(AgptError, match="outside shots_root"):
@@ -305,3 +307,30 @@ def test_a_view_with_curve_keys_reads_and_controls_a_curve_daemon(tmp_path):
         assert d.paused.is_set()
     with pytest.raises(AgptError, match="both"):
         settings_from("tcp://127.0.0.1:1", server_key=Path(server_pub))
+
+
+def test_a_view_started_late_shows_the_rejects_the_archive_kept(tmp_path):
+    """With the daemon's archive (SQLite, reject images), a view that starts after the rejects has them at once."""
+    pytest.importorskip("sqlalchemy")
+    from runtime.sinks.archive.config import ArchiveConfig
+
+    bundle = make_bundle(tmp_path / "bundle")
+    archive = ArchiveConfig(url=f"sqlite:///{tmp_path}/archive.db", images="rejects")
+    cfg = daemon_config(bundle, archive=archive, frames=30)
+    with running(cfg, FakeInspector(), source=CountingSource(n=30, shape=(120, 160))) as d:
+        assert d.wait(30)  # shutdown (leaving the block) flushes the archive's writer
+    # CountingSource: every third frame is bright, and the fake judges it anomalous: 10 rejects, the last 4 shown
+    s = ViewSettings(publish="tcp://127.0.0.1:1", control=None, prefix=PREFIX, archive=archive, rejects=4)
+    with TestClient(create_app(s)) as c:
+        rs = c.get("/api/state").json()["data"]["rejects"]
+        assert [r["frame_id"] for r in rs] == [21, 24, 27, 30] and all(r["h"]["archived"] and r["has_jpeg"] for r in rs)
+        jpg = c.get(f"/api/rejects/{rs[-1]['id']}.jpg")
+        img = cv2.imdecode(np.frombuffer(jpg.content, np.uint8), cv2.IMREAD_COLOR)
+        assert img.shape == (120, 160, 3) and img.mean() > 150  # the bright frame itself
+        assert c.get(f"/api/rejects/{rs[-1]['id']}/mask.png").content[:4] == b"\x89PNG"
+    other = s.model_copy(update={"prefix": "other.station"})  # another station's rows are not this view's
+    with TestClient(create_app(other)) as c:
+        assert c.get("/api/state").json()["data"]["rejects"] == []
+    broken = s.model_copy(update={"archive": ArchiveConfig(url=f"sqlite:///{tmp_path}/missing.db")})
+    with TestClient(create_app(broken)) as c:  # no archive there: an empty strip, not a failure
+        assert c.get("/api/state").json()["data"]["rejects"] == []

@@ -266,6 +266,15 @@ def create_app(settings: ViewSettings) -> Starlette:
         holder["link"] = DaemonLink(settings.publish, settings.prefix, state,
                                     curve=settings.curve if settings.curve_results else None)  # fmt: skip
         holder["link"].start()
+        if settings.archive is not None:  # the strip full at once; the live rejects then push these out
+            from runtime.tools.view.history import archived_rejects, bundle_resize
+
+            def load():
+                return archived_rejects(settings.archive, settings.prefix, settings.rejects, settings.preview_max_side,
+                                        bundle_resize(settings.bundle))  # fmt: skip
+
+            for h, jpeg, mask in await run_in_threadpool(load):
+                state.add_archived(h, jpeg, mask)
         try:
             yield
         finally:

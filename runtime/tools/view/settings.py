@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from runtime.errors import AgptError
 from runtime.line.config import ENDPOINT_RE, ViewSetup, is_local_endpoint, load_config
 from runtime.names import TOPIC_RE
+from runtime.sinks.archive.config import ArchiveConfig
 
 
 class ViewSettings(BaseModel):
@@ -25,6 +26,9 @@ class ViewSettings(BaseModel):
     token: str | None = Field(None, description="control actions need it; None: read-only")
     uploads: Path | None = Field(None, description="where uploaded shots are saved for add_product (None: uploads refused)")
     rejects: int = Field(12, ge=1, le=200)
+    archive: ArchiveConfig | None = Field(None, description="the daemon's archive: the last rejects from before the view started")
+    bundle: Path | None = Field(None, description="the daemon's bundle (its preprocessing places the archived masks)")
+    preview_max_side: int = Field(640, description="archived rejects are scaled like previews")
     server_key: Path | None = Field(None, description="CURVE: the daemon's public key file (server.key)")
     client_key: Path | None = Field(None, description="CURVE: this view's secret key file (its public key authorised)")
     curve_results: bool = Field(True, description="with CURVE: the results socket is encrypted too (the daemon's curve.results)")
@@ -117,5 +121,8 @@ def settings_from(
         uploads=up,
         rejects=setup.rejects if setup else 12,
         curve_results=cfg.curve.results if cfg.curve is not None else True,
+        archive=cfg.archive if cfg.archive is not None and cfg.archive.images != "none" else None,
+        bundle=cfg.bundle,
+        preview_max_side=cfg.preview_max_side,
         **keys,
     )

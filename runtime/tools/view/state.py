@@ -90,6 +90,10 @@ class ViewState:
             out.append(r.message())
         return out
 
+    def add_archived(self, header: dict, jpeg: bytes | None, mask: bytes | None) -> None:
+        """A reject from the archive (runtime/tools/view/history.py), older than every live one."""
+        self.rejects.append(Reject(next(self._ids), header["camera"], header["frame_id"], header, mask, jpeg))
+
     def on_preview(self, p: PreviewHeader, jpeg: bytes) -> list[dict]:
         cam = self.camera(p.camera)
         self.previews += 1

@@ -201,7 +201,7 @@ function renderRejects() {
       fresh.title = `${r.camera} frame ${r.frame_id} · ${r.h.product}`;
       const f = document.createElement("canvas"), o = document.createElement("canvas");
       const st = document.createElement("div"); st.className = "stage"; st.append(f, o);
-      const s = document.createElement("span"); s.textContent = `${r.camera} #${r.frame_id}`;
+      const s = document.createElement("span"); s.textContent = `${r.camera} #${r.frame_id}` + (r.h.archived ? " (archive)" : "");
       fresh.append(st, s);
       fresh.addEventListener("click", () => openReject(r.id));
       paint(f, o, r.jpeg, r.mask, r.h, frameSize(r.h, 160)).catch((e) => console.warn("thumb", e));
@@ -218,7 +218,9 @@ function openReject(id) {
   $("#modal").hidden = false;
   $("#modal").dataset.id = id;
   const h = r.h;
-  $("#modal-info").textContent = `${r.camera} frame ${r.frame_id} · ${h.product}@${h.bank_id} · score ${h.score.toFixed(3)}` +
+  $("#modal-info").textContent = (h.archived ? `archived ${new Date(h.capture_time * 1000).toLocaleString()} · ` : "") +
+    (h.lot ? `lot ${h.lot} · ` : "") + (h.part_id ? `part ${h.part_id} · ` : "") +
+    `${r.camera} frame ${r.frame_id} · ${h.product}@${h.bank_id} · score ${h.score.toFixed(3)}` +
     (h.p_anomaly != null ? ` · P(anomaly) ${h.p_anomaly.toFixed(3)}` : "") +
     (h.locations.length ? ` · at ${h.locations.join(", ")}` : "") + (h.answer ? ` · “${h.answer}”` : "");
   paint($("#modal-frame"), $("#modal-overlay"), r.jpeg, r.mask, h, frameSize(h, 640))
