@@ -37,7 +37,8 @@ def poll(cond, timeout: float = 30.0, every: float = 0.05):
 def lite_products(bundle: Path, inspector, products=(("tiles", 0), ("tiles2", 1))) -> None:
     """Packs of the procedural synthetic line's normal parts (a different seed per product)."""
     from runtime.line.synthetic import SyntheticLine
-    from runtime.pipeline.products import ProductStore, build_pack
+    from runtime.pipeline.products import build_pack
+    from runtime.pipeline.store import ProductStore
 
     store = ProductStore(bundle / "products", inspector.pack_spec, dict(inspector.manifest_products))
     for name, seed in products:
