@@ -22,6 +22,7 @@ from _daemon_fakes import (
     FakeInspector,
     FlakySource,
     collect,
+    connected,
     ctl,
     daemon_config,
     final_seen,
@@ -125,11 +126,14 @@ def test_swap_for_one_camera_leaves_the_others(bundle):
     cams = [{"name": "a"}, {"name": "b"}, {"name": "c", "product": "bolt"}]
     cfg = multi_config(bundle, cams, sndhwm=10000)
     bank = banks(bundle)
-    sources = {k: CountingSource(period=0.002) for k in "abc"}
+    gate = threading.Event()  # no frame before the subscription is live: the first frame ids must not be missed
+    sources = {k: CountingSource(period=0.002, gate=gate) for k in "abc"}
     d = Daemon(cfg, inspector=FakeInspector(), sources=sources)
     d.start()
     try:
         with ResultSubscriber(d.publish_endpoint, TOPICS, rcvhwm=100000) as sub:
+            connected(sub)
+            gate.set()
             first = collect(sub, lambda b: len(b["results"]) >= 30)
             bad = ctl(d, {"cmd": "swap_bank", "product": "gadget", "camera": "zz"})
             assert not bad["ok"] and "no camera 'zz'" in bad["error"]
