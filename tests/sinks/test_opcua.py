@@ -8,6 +8,7 @@ trusted client certificate may call and another may only read."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import sys
 import threading
@@ -238,6 +239,45 @@ def test_unauthorised_clients_cannot_call_methods(bundle, users):
         assert not d.paused.is_set() and d.pack.name == "widget"
         n = d.judged
         until(lambda: d.judged > n, what="judging goes on")
+
+
+def test_feedback_rebuilds_the_bank_and_rollback_restores_it_for_authorised_users_only(bundle, users):
+    """<cam>.Feedback marks a rejected frame (here: added to the normal shots, the new bank id comes back and runs);
+    Station.Rollback puts the old pack back; anonymous clients may call neither."""
+    cfg = daemon_config(bundle, opcua=opcua_cfg(users), keep_rejects=1024)  # frame 3 (a reject) stays kept
+    with running(cfg, source=CountingSource(period=0.01)) as d:
+        old = d.pack.bank_id
+        feedback = d.store.pack_path("widget").parent / "feedback.jsonl"
+        i64 = ua.Variant(3, ua.VariantType.Int64)
+
+        async def client():
+            async with Plc(cfg.opcua.endpoint) as anon:
+                with pytest.raises(ua.uaerrors.BadUserAccessDenied):
+                    await anon.call("Feedback", i64, "false_reject", True, "mallory")
+                with pytest.raises(ua.uaerrors.BadUserAccessDenied):
+                    await anon.call("Rollback", "widget", obj="Station")
+            assert d.pack.bank_id == old and not feedback.exists()
+            async with Plc(cfg.opcua.endpoint, USER, PASSWORD) as plc:
+                await auntil(lambda: _gt(plc.read("Result.FrameId"), 3), what="frame 3 judged")
+                with pytest.raises(ua.uaerrors.BadInvalidArgument):  # not a kind the daemon knows
+                    await plc.call("Feedback", i64, "looks_fine", False, "alice")
+                new = await plc.call("Feedback", i64, "false_reject", True, "alice")
+                assert new != old and d.pack.bank_id == new
+                await auntil(lambda: _eq(plc.read("Result.BankId"), new), what="results judged with the new bank")
+                back = await plc.call("Rollback", "widget", obj="Station")
+                error = await plc.node("Station.LastMethodError").read_value()
+                return new, back, error
+
+        new, back, error = asyncio.run(client())
+        assert back == old and d.pack.bank_id == old and "feedback" in error  # only the bad kind was refused
+    marks = [json.loads(line) for line in feedback.read_text().splitlines()]
+    assert [m["kind"] for m in marks] == ["false_reject", "rollback"]
+    assert (marks[0]["operator"], marks[0]["frame_id"], marks[0]["camera"]) == ("alice", 3, "cam0")
+    assert marks[0]["new_bank_id"] == new and marks[0]["previous_bank_id"] == old and marks[1]["bank_id"] == old
+
+
+async def _gt(coro, n):
+    return (await coro) > n
 
 
 def test_read_only_without_users_and_no_anonymous(bundle):

@@ -4,6 +4,7 @@ uploads for add_product, the WebSocket push, and previews made only while a brow
 from __future__ import annotations
 
 import base64
+import json
 import re
 from pathlib import Path
 
@@ -106,6 +107,57 @@ def test_control_with_the_token_swaps_pauses_and_asks(line):
         r = c.post("/api/ask", json={"question": "where is it?", "camera": "cam0"}, headers=_auth())
         assert r.status_code == 200 and r.json()["data"]["answer"].endswith("where is it?"), r.text
         assert c.post("/api/ask", json={"question": " "}, headers=_auth()).status_code == 400
+
+
+def test_feedback_and_rollback_are_refused_without_the_token(line):
+    d, s = line
+    bank = d.pack.bank_id
+    with TestClient(create_app(s)) as c:
+        fb = {"frame_id": 3, "kind": "false_reject", "operator": "alice", "add_to_bank": True}
+        for path, body in (("/api/feedback", fb), ("/api/rollback", {"product": "widget"})):
+            r = c.post(path, json=body)
+            assert r.status_code == 401 and r.json() == {"ok": False, "error": "control actions need the token"}
+            assert c.post(path, json=body, headers=_auth("wrong-token")).status_code == 401
+    with TestClient(create_app(s.model_copy(update={"token": None}))) as c:
+        assert c.post("/api/feedback", json=fb, headers=_auth()).status_code == 403
+        assert c.post("/api/rollback", json={"product": "widget"}, headers=_auth()).status_code == 403
+    assert d.pack.bank_id == bank
+    assert not (d.store.pack_path("widget").parent / "feedback.jsonl").exists()  # nothing was logged
+
+
+def test_a_false_reject_joins_the_bank_and_rollback_brings_the_old_bank_back(line):
+    """The reject window's buttons: a reject the view shows, marked by an operator, reaches the daemon's feedback
+    (the pack rebuilt with that frame, a new bank id in the reply and on the line); rollback undoes it."""
+    d, s = line
+    old_bank = d.pack.bank_id
+    with TestClient(create_app(s)) as c:
+        poll(lambda: c.get("/api/state").json()["data"]["rejects"], 10)
+        # paused, the daemon judges (and keeps) nothing more: the reject shown stays among its kept frames
+        assert c.post("/api/pause", headers=_auth()).status_code == 200
+        reject = c.get("/api/state").json()["data"]["rejects"][-1]
+        assert reject["h"]["verdict"] is True and reject["h"]["bank_id"] == old_bank
+        bad = {"frame_id": reject["frame_id"], "camera": reject["camera"], "kind": "false_reject"}
+        assert c.post("/api/feedback", json=bad, headers=_auth()).status_code == 400  # no operator
+        assert c.post("/api/feedback", json={**bad, "operator": "a", "kind": "x"}, headers=_auth()).status_code == 400
+        assert c.post("/api/feedback", json={**bad, "operator": "a", "frame_id": 0}, headers=_auth()).status_code == 400
+        r = c.post("/api/feedback", json={**bad, "operator": "alice", "add_to_bank": True}, headers=_auth())
+        assert r.status_code == 200, r.text
+        data = r.json()["data"]
+        assert data["kind"] == "false_reject" and data["operator"] == "alice" and data["frame_id"] == reject["frame_id"]
+        assert data["previous_bank_id"] == old_bank and data["new_bank_id"] != old_bank and data["n_shots"] == 3
+        assert d.pack.bank_id == data["new_bank_id"]  # swapped in on the line
+        r = c.post("/api/feedback", json={**bad, "kind": "missed_defect", "operator": "bob"}, headers=_auth())
+        assert r.status_code == 200 and r.json()["data"]["kind"] == "missed_defect", r.text
+        r = c.post("/api/feedback", json={**bad, "operator": "bob", "frame_id": 10**9}, headers=_auth())
+        assert r.status_code == 409 and "not kept" in r.json()["error"]
+        assert c.post("/api/rollback", json={"product": "../x"}, headers=_auth()).status_code == 400
+        r = c.post("/api/rollback", json={"product": "widget", "operator": "alice"}, headers=_auth())
+        assert r.status_code == 200, r.text
+        back = r.json()["data"]
+        assert back["bank_id"] == old_bank and back["previous_bank_id"] == data["new_bank_id"]
+        assert d.pack.bank_id == old_bank
+    logged = (d.store.pack_path("widget").parent / "feedback.jsonl").read_text().splitlines()
+    assert [json.loads(x)["kind"] for x in logged] == ["false_reject", "missed_defect", "rollback"]
 
 
 def test_add_product_from_uploaded_shots(line):

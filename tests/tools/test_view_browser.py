@@ -189,6 +189,28 @@ def test_the_page_shows_the_line_and_switches_products(bundle, tmp_path):
                 assert set(after_change()) == {"tiles2"}
                 assert d.lanes[0].pack.name == "tiles2"
 
+                # the reject window's feedback: paused, the newest reject shown is among the daemon's kept frames
+                drv.find_element("css selector", "#pause").click()
+                assert vh.poll(lambda: drv.find_element("css selector", "#paused-flag").is_displayed(), 30)
+                rid = vh.poll(click_a_reject, 30)
+                assert vh.poll(lambda: drv.execute_script("return document.querySelector('#modal').dataset.painted") == rid)
+                drv.find_element("css selector", "#operator").send_keys("alice")
+                drv.find_element("css selector", "#fb-add-to-bank").click()
+                reply = vh.poll(
+                    lambda: (t := drv.find_element("css selector", "#modal-reply").text) and "..." not in t and t, 120
+                )
+                assert "new bank" in reply, reply
+                new_bank = reply.split("new bank ", 1)[1].split()[0]
+                assert drv.execute_script("return localStorage.getItem('agpt-operator')") == "alice"
+                product = drv.find_element("css selector", "#fb-product").text
+                assert d.store.load(product).bank_id == new_bank
+                drv.execute_script("window.confirm = () => true")  # the rollback asks first
+                drv.find_element("css selector", "#fb-rollback").click()
+                reply = vh.poll(lambda: "rolled back" in (t := drv.find_element("css selector", "#modal-reply").text) and t, 60)
+                assert f"(was {new_bank})" in reply and d.store.load(product).bank_id != new_bank
+                drv.find_element("css selector", "#modal-close").click()
+                drv.find_element("css selector", "#resume").click()
+
                 shot = tmp_path / "view.png"
                 assert drv.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
                 lat = drv.execute_script("return window.__agptLatency")

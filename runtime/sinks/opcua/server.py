@@ -1,8 +1,10 @@
 """The asyncua server: its own asyncio loop on its own thread, so nothing the PLC does reaches the inspection loop.
 
 Address space (namespace `OpcuaConfig.namespace`, string node ids; docs/plc.md has the table):
-  Station                 Paused, Fps, FramesJudged, Errors, LastMethodError; methods Pause(), Resume()
-  <camera>                methods SwapProduct(name) -> BankId, SetPart(part_id, lot), Trigger(part_id)
+  Station                 Paused, Fps, FramesJudged, Errors, LastMethodError; methods Pause(), Resume(),
+                          Rollback(product) -> BankId
+  <camera>                methods SwapProduct(name) -> BankId, SetPart(part_id, lot), Trigger(part_id),
+                          Feedback(frame_id, kind, add_to_bank, operator) -> BankId
   <camera>.Result.*       the latest result (FrameId, PartId, Verdict, PAnomaly, ... ResultCounter, ResultValid, Error)
   <camera>.State.*        State / StateCode, Fps, FramesJudged, Drops.*, Product, BankId, PendingTriggers ...
 Writes come from the sink's worker thread (run_coroutine_threadsafe, waited on there, never on the daemon's
@@ -229,6 +231,11 @@ class OpcuaServer:
             await station.add_variable(self.node(f"Station.{name}"), ua.QualifiedName(name, idx), ua.Variant(v, vt))
         await station.add_method(self.node("Station.Pause"), ua.QualifiedName("Pause", idx), self._m_pause, [], [])
         await station.add_method(self.node("Station.Resume"), ua.QualifiedName("Resume", idx), self._m_resume, [], [])
+        await station.add_method(
+            self.node("Station.Rollback"), ua.QualifiedName("Rollback", idx), self._m_rollback,
+            [_arg("Product", VT.String, "the product whose previous pack is put back")],
+            [_arg("BankId", VT.String, "the bank id now in use (the restored pack's)")],
+        )  # fmt: skip
         for cam, trigger in self.cameras:
             obj = await objects.add_object(self.node(cam), ua.QualifiedName(cam, idx))
             for group, specs in (("Result", RESULT_VARS), ("State", STATE_VARS)):
@@ -252,6 +259,14 @@ class OpcuaServer:
             await obj.add_method(
                 self.node(f"{cam}.Trigger"), ua.QualifiedName("Trigger", idx), self._camera_method(cam, self._m_trigger),
                 [_arg("PartId", VT.String, "the part in front of the camera now")], [],
+            )  # fmt: skip
+            await obj.add_method(
+                self.node(f"{cam}.Feedback"), ua.QualifiedName("Feedback", idx), self._camera_method(cam, self._m_feedback),
+                [_arg("FrameId", VT.Int64, "the marked frame (Result.FrameId of a recent reject)"),
+                 _arg("Kind", VT.String, "false_reject or missed_defect"),
+                 _arg("AddToBank", VT.Boolean, "false_reject: add the frame to the product's normal shots"),
+                 _arg("Operator", VT.String, "who marks it (logged)")],
+                [_arg("BankId", VT.String, "the rebuilt pack's id (AddToBank), else the bank the frame was judged with")],
             )  # fmt: skip
         self._server = s
 
@@ -375,6 +390,13 @@ class OpcuaServer:
             await self._write([(f"{cam}.Result.ResultValid", bool(before), VT.Boolean)])
         return out
 
+    async def _m_feedback(self, cam: str, *args):
+        spec = [("frame_id", VT.Int64), ("kind", VT.String), ("add_to_bank", VT.Boolean), ("operator", VT.String)]
+        return await self._call({"cmd": "feedback", "camera": cam}, args, spec, data_out=(("new_bank_id", "bank_id"), VT.String))
+
+    async def _m_rollback(self, parent, *args):
+        return await self._call({"cmd": "rollback"}, args, [("product", VT.String)], data_out=("bank_id", VT.String))
+
     async def _call(self, base: dict, args: tuple, spec: list[tuple[str, ua.VariantType]], data_out=None, fix=None):
         """Arguments checked against spec (count and type), then the same request the control channel parses,
         then daemon.handle off this loop. Every failure is a Bad status (and Station.LastMethodError), never a raise."""
@@ -409,8 +431,10 @@ class OpcuaServer:
             return ua.StatusCode(ua.StatusCodes.BadInternalError)
         if data_out is None:
             return []
-        key, vt = data_out
-        return [ua.Variant(str((reply.data or {}).get(key) or ""), vt)]
+        keys, vt = data_out  # one key, or alternatives: the first the reply has
+        data = reply.data or {}
+        value = next((data[k] for k in ((keys,) if isinstance(keys, str) else keys) if data.get(k)), "")
+        return [ua.Variant(str(value), vt)]
 
     def _handle_blocking(self, req) -> Reply:
         r = self.handle(req)

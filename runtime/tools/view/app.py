@@ -8,6 +8,8 @@ turns the page's buttons into control requests.
   WS   /ws                    a snapshot, then every result / frame / reject / status / event (state.py)
   POST /api/swap {product, camera?}   /api/pause   /api/resume   /api/ask {question, camera?, frame_id?}
   POST /api/products          multipart: name, description, activate, camera, files (shots saved into `uploads`)
+  POST /api/feedback {frame_id, camera?, kind: false_reject|missed_defect, operator, add_to_bank?, note?}
+  POST /api/rollback {product, operator?}     (the daemon's `feedback` / `rollback`, docs/quality-loop.md)
 
 Reading is open; every POST needs the token (header `Authorization: Bearer TOKEN` or `X-Agpt-Token`): 401
 without it or with a wrong one, 403 when the view has no token configured (read-only).
@@ -198,6 +200,47 @@ def create_app(settings: ViewSettings) -> Starlette:
             payload["frame_id"] = fid
         return await ctl(payload, slow=True)
 
+    def operator_arg(v, required: bool) -> str | None:
+        if v is None or (isinstance(v, str) and not v.strip()):
+            if required:
+                raise ApiError(400, "operator: your name (it is logged with the mark)")
+            return None
+        if not isinstance(v, str) or len(v.strip()) > 64:
+            raise ApiError(400, "operator: 1-64 characters")
+        return v.strip()
+
+    async def api_feedback(req: Request):
+        d = await body(req)
+        fid = d.get("frame_id")
+        if not isinstance(fid, int) or isinstance(fid, bool) or fid < 1:
+            raise ApiError(400, "frame_id: a positive integer")
+        kind = d.get("kind")
+        if kind not in ("false_reject", "missed_defect"):
+            raise ApiError(400, "kind: false_reject or missed_defect")
+        add = d.get("add_to_bank", False)
+        if not isinstance(add, bool):
+            raise ApiError(400, "add_to_bank: true or false")
+        payload = {"cmd": "feedback", "frame_id": fid, "kind": kind, "operator": operator_arg(d.get("operator"), True),
+                   "add_to_bank": add}  # fmt: skip
+        cam = camera_arg(d.get("camera"))
+        if cam:
+            payload["camera"] = cam
+        note = d.get("note")
+        if isinstance(note, str) and note.strip():
+            payload["note"] = note.strip()[:500]
+        return await ctl(payload, slow=True)  # add_to_bank rebuilds the pack and swaps it in
+
+    async def api_rollback(req: Request):
+        d = await body(req)
+        product = d.get("product")
+        if not isinstance(product, str) or not re.match(PRODUCT_RE, product):
+            raise ApiError(400, "product: not a product name")
+        payload = {"cmd": "rollback", "product": product}
+        op = operator_arg(d.get("operator"), False)
+        if op:
+            payload["operator"] = op
+        return await ctl(payload, slow=True)
+
     async def api_add_product(req: Request):
         if settings.uploads is None:
             raise ApiError(503, "uploads are off: configure view.uploads (inside the daemon's shots_root) or --uploads")
@@ -297,6 +340,8 @@ def create_app(settings: ViewSettings) -> Starlette:
         Route("/api/resume", endpoint(api_resume, control=True), methods=["POST"]),
         Route("/api/ask", endpoint(api_ask, control=True), methods=["POST"]),
         Route("/api/products", endpoint(api_add_product, control=True), methods=["POST"]),
+        Route("/api/feedback", endpoint(api_feedback, control=True), methods=["POST"]),
+        Route("/api/rollback", endpoint(api_rollback, control=True), methods=["POST"]),
         WebSocketRoute("/ws", ws),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]

@@ -218,6 +218,9 @@ function openReject(id) {
   $("#modal").hidden = false;
   $("#modal").dataset.id = id;
   const h = r.h;
+  $("#fb-product").textContent = h.product;
+  $("#modal-reply").textContent = ""; $("#modal-reply").className = "";
+  for (const b of document.querySelectorAll("#feedback button")) b.disabled = readOnly;
   $("#modal-info").textContent = (h.archived ? `archived ${new Date(h.capture_time * 1000).toLocaleString()} · ` : "") +
     (h.lot ? `lot ${h.lot} · ` : "") + (h.part_id ? `part ${h.part_id} · ` : "") +
     `${r.camera} frame ${r.frame_id} · ${h.product}@${h.bank_id} · score ${h.score.toFixed(3)}` +
@@ -322,8 +325,45 @@ function wireControls() {
       $("#answer").textContent = `frame ${d.frame_id} (${d.camera}): ${d.answer}`;
     } catch (e) { $("#answer").textContent = e.message; }
   });
+  wireFeedback();
   $("#modal-close").addEventListener("click", () => { $("#modal").hidden = true; });
   $("#modal").addEventListener("click", (ev) => { if (ev.target.id === "modal") $("#modal").hidden = true; });
+}
+
+// ---- the reject window: operator feedback (the daemon's feedback / rollback, docs/quality-loop.md) ------
+
+function modalSay(text, bad = false) { const m = $("#modal-reply"); m.textContent = text; m.className = bad ? "bad" : "good"; }
+
+function wireFeedback() {
+  $("#operator").value = localStorage.getItem("agpt-operator") || "";
+  $("#operator").addEventListener("change", () => localStorage.setItem("agpt-operator", $("#operator").value.trim()));
+  const mark = async (addToBank) => {
+    const r = rejects.get(Number($("#modal").dataset.id));
+    if (!r) return;
+    const operator = $("#operator").value.trim();
+    if (!operator) { modalSay("enter your name first (it is logged with the mark)", true); $("#operator").focus(); return; }
+    localStorage.setItem("agpt-operator", operator);
+    modalSay(addToBank ? "logging and rebuilding the bank..." : "logging...");
+    try {
+      const d = await post("/api/feedback", { frame_id: r.frame_id, camera: r.camera, kind: "false_reject", operator, add_to_bank: addToBank });
+      modalSay(d.new_bank_id
+        ? `frame ${d.frame_id} added to ${d.product}'s normal shots: new bank ${d.new_bank_id} (was ${d.previous_bank_id}, ${d.n_shots} shots)`
+        : `frame ${d.frame_id} logged as a false reject of ${d.product}@${d.bank_id}`);
+    } catch (e) { modalSay(e.message, true); }
+  };
+  $("#fb-false-reject").addEventListener("click", () => mark(false));
+  $("#fb-add-to-bank").addEventListener("click", () => mark(true));
+  $("#fb-rollback").addEventListener("click", async () => {
+    const r = rejects.get(Number($("#modal").dataset.id));
+    if (!r) return;
+    const product = r.h.product, operator = $("#operator").value.trim();
+    if (!confirm(`Put ${product}'s previous bank back?`)) return;
+    modalSay(`rolling back ${product}...`);
+    try {
+      const d = await post("/api/rollback", { product, operator: operator || null });
+      modalSay(`${d.product} rolled back: bank ${d.bank_id} (was ${d.previous_bank_id})`);
+    } catch (e) { modalSay(e.message, true); }
+  });
 }
 
 // ---- the socket -------------------------------------------------------------------------------------
