@@ -3,6 +3,8 @@
     python benchmarks/gpu_bench.py                 # the lent H100/H200: real shapes, random weights (< 6 min)
     python benchmarks/gpu_bench.py --tiny          # tiny shapes (any device; CPU: fp32, no CUDA graphs)
     python benchmarks/gpu_bench.py --dry-run       # = --tiny --device cpu --frames 2: checks the script runs
+    (onnxruntime CUDA / TensorRT EP and TensorRT engines at real shapes, through `agpt run` itself:
+     benchmarks/bench_real_shapes.py --shape real --engine tensorrt | --providers auto)
 
 Weights are random, built in memory on the device (no downloads): ImageBind-Huge vision tower (1280 wide,
 32 blocks, taps 7/15/23/31), the 4 decoder Linears, the prompt learner (1->...->4096), llama_proj, and a
@@ -12,8 +14,9 @@ reference  eager fp16: vision tower -> decoder map -> prompt learner -> transfor
            answer from inputs_embeds, greedy, exactly --new-tokens tokens (24: a real answer's length;
            random weights never say '##', so the stop tokens are held back until then). Its first-token
            verdict is read from generate()'s first-step scores.
-ours       export.torch_backend: the same modules in fp16, each vision graph replayed from a CUDA
-           graph, then TorchPrefill: the prefix's keys/values cached once, a static-shape prefill of the
+ours       backend.engine torch, opened through the daemon's engine selection (runtime.pipeline.engines.select;
+           the factory gives it the in-memory modules): export.torch_backend, the same modules in fp16, each
+           vision graph replayed from a CUDA graph, then TorchPrefill: the prefix's keys/values cached once, a static-shape prefill of the
            ~75 positions after it (CUDA graph), only the ' Yes'/' No' head rows. Verdict = P(Yes) > 0.5.
 Both start from the same preprocessed (3,224,224) frames already on the host; the CPU preprocessing (the
 runtime's PIL transform of a 640x480 frame, the same for both) is timed separately and added to the
@@ -217,7 +220,16 @@ def main() -> int:
         for k, m in (("vision", mods.vision), ("prompt_learner", mods.learner), ("decoder", mods.decoder), ("llm", llm))
     }
     report["params_m"] = {k: round(v / 1e6, 1) for k, v in n_params.items()}
-    tv = TorchVision(mods, device=str(device), dtype=dtype, cuda_graphs=graphs)  # same module objects as the reference
+    # ours opens its vision engines the way the daemon does (runtime.pipeline.engines.select, backend.engine: torch);
+    # the factory hands over the in-memory modules, the same objects the reference runs, instead of checkpoint files
+    from runtime.pipeline.engines.config import BackendConfig
+    from runtime.pipeline.engines.select import open_vision
+
+    cfg = BackendConfig(engine="torch", torch_device=str(device), torch_ckpt_dir="(in memory)")
+    tv = open_vision(
+        None, cfg, factory=lambda bundle, c: TorchVision(mods, device=c.torch_device, dtype=dtype, cuda_graphs=graphs)
+    )
+    report["engine"] = f"{cfg.engine} ({type(tv).__name__}, {cfg.torch_device})"
     tp = TorchPrefill(llm, layout, lambda text: q_ids, device=str(device), dtype=dtype, cuda_graphs=graphs)
     embed = llm.get_input_embeddings()
     gen = torch.Generator().manual_seed(1)

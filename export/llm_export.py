@@ -29,6 +29,21 @@ QUANTS = {"F32": 0, "F16": 1, "Q8_0": 7, "Q4_K_M": 15}
 GGUF_NAME = "llm.gguf"
 
 
+def quant_name(text: str) -> str:
+    """The canonical spelling of a quantisation, any case ('f32', 'q4_k_m'): an argparse type too."""
+    canon = {q.upper(): q for q in QUANTS}.get(str(text).strip().upper())
+    if canon is None:
+        raise AgptError(f"unknown quantisation {text!r}: choose one of {', '.join(QUANTS)} (any case)")
+    return canon
+
+
+def _quant_arg(text: str) -> str:
+    try:
+        return quant_name(text)
+    except AgptError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_reference_llm(vicuna_dir: str | Path, delta: PandaGptDelta | None, merged: bool, max_vocab_pad: int = 1):
     """(LlamaForCausalLM in fp32, eval, eager attention; SentencePieceProcessor) for the oracle and tests.
 
@@ -197,19 +212,21 @@ def export_llm(
     progress: Callable[[str], None] = print,
     max_vocab_pad: int = 1,
 ) -> LlmInfo:
-    """Merge, write, quantise: OUT/llm.gguf (+ OUT/llm.json, the LlmInfo for bundle.json)."""
+    """Merge, write, quantise: OUT/llm.gguf (+ OUT/llm.json, the LlmInfo for bundle.json). An OUT ending in
+    .gguf is the file itself (its LlmInfo beside it, NAME.json)."""
     from export.gguf_writer import write_llama_gguf
 
-    if quant not in QUANTS:
-        raise AgptError(f"unknown quantisation {quant!r}: choose one of {', '.join(QUANTS)}")
+    quant = quant_name(quant)
     src = load_vicuna(vicuna_dir, max_vocab_pad)
     delta = load_pandagpt(pandagpt_path)
     check_delta(src, delta, pandagpt_path)
     sp = src.sentencepiece()
     layout = make_layout(sp)
-    out_dir = Path(out_dir)
+    out_dir, name = Path(out_dir), GGUF_NAME
+    if out_dir.suffix.lower() == ".gguf":
+        out_dir, name = out_dir.parent, out_dir.name
     out_dir.mkdir(parents=True, exist_ok=True)
-    final, tmp = out_dir / GGUF_NAME, out_dir / (GGUF_NAME + ".tmp")
+    final, tmp = out_dir / name, out_dir / (name + ".tmp")
     direct = quant in ("F32", "F16")
     # Quantised files start from an F16 GGUF (the Vicuna weights are fp16 already; the merge is fp32)
     stage = tmp if direct else out_dir / "llm.f16.gguf.tmp"
@@ -224,9 +241,9 @@ def export_llm(
         for p in (tmp, out_dir / "llm.f16.gguf.tmp"):
             p.unlink(missing_ok=True)
     info = LlmInfo(
-        file=GGUF_NAME, sha256=sha256_file(final), quant=quant, n_embd=src.shape.hidden, n_vocab=src.shape.vocab, layout=layout
+        file=name, sha256=sha256_file(final), quant=quant, n_embd=src.shape.hidden, n_vocab=src.shape.vocab, layout=layout
     )
-    (out_dir / "llm.json").write_text(info.model_dump_json(indent=2) + "\n")
+    (out_dir / (Path(name).stem + ".json")).write_text(info.model_dump_json(indent=2) + "\n")
     progress(f"wrote {final} ({final.stat().st_size / 1e6:.1f} MB, {quant})")
     return info
 
@@ -234,8 +251,12 @@ def export_llm(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vicuna", type=Path, required=True, help="Vicuna-7B v0 HF folder (vicuna_ckpt/)")
     p.add_argument("--pandagpt", type=Path, required=True, help="PandaGPT delta pytorch_model.pt (LoRA + llama_proj)")
-    p.add_argument("--out", type=Path, required=True, help="folder for llm.gguf and llm.json")
-    p.add_argument("--quant", choices=list(QUANTS), default="Q4_K_M", help="GGUF weight type (default Q4_K_M)")
+    p.add_argument(
+        "--out", type=Path, required=True, help="folder for llm.gguf and llm.json, or a NAME.gguf file (NAME.json beside it)"
+    )
+    p.add_argument(
+        "--quant", type=_quant_arg, default="Q4_K_M", help=f"GGUF weight type, any case: {', '.join(QUANTS)} (default Q4_K_M)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:

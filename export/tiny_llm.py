@@ -117,29 +117,32 @@ def train_tokenizer(vocab_size: int = VOCAB_PIECES) -> bytes:
 
 
 def _llama_state(g: torch.Generator, vocab: int, hidden: int, layers: int, inter: int) -> dict[str, torch.Tensor]:
+    return dict(_llama_tensors(g, vocab, hidden, layers, inter))
+
+
+def _llama_tensors(g: torch.Generator, vocab: int, hidden: int, layers: int, inter: int):
+    """(name, tensor) in HF order, made one at a time (the same draws, in the same order, as always)."""
+
     def rand(*shape: int, std: float = 0.02) -> torch.Tensor:
         return std * torch.randn(*shape, generator=g)
 
     def norm() -> torch.Tensor:  # not all ones, so a swapped or dropped norm shows in the logits
         return 1.0 + 0.1 * torch.randn(hidden, generator=g)
 
-    s = {"model.embed_tokens.weight": rand(vocab, hidden)}
+    yield "model.embed_tokens.weight", rand(vocab, hidden)
     for i in range(layers):
         p = f"model.layers.{i}."
-        s |= {
-            p + "self_attn.q_proj.weight": rand(hidden, hidden, std=hidden**-0.5),
-            p + "self_attn.k_proj.weight": rand(hidden, hidden, std=hidden**-0.5),
-            p + "self_attn.v_proj.weight": rand(hidden, hidden, std=hidden**-0.5),
-            p + "self_attn.o_proj.weight": rand(hidden, hidden, std=hidden**-0.5),
-            p + "mlp.gate_proj.weight": rand(inter, hidden, std=hidden**-0.5),
-            p + "mlp.up_proj.weight": rand(inter, hidden, std=hidden**-0.5),
-            p + "mlp.down_proj.weight": rand(hidden, inter, std=inter**-0.5),
-            p + "input_layernorm.weight": norm(),
-            p + "post_attention_layernorm.weight": norm(),
-        }
-    s["model.norm.weight"] = norm()
-    s["lm_head.weight"] = rand(vocab, hidden, std=hidden**-0.5)
-    return s
+        yield p + "self_attn.q_proj.weight", rand(hidden, hidden, std=hidden**-0.5)
+        yield p + "self_attn.k_proj.weight", rand(hidden, hidden, std=hidden**-0.5)
+        yield p + "self_attn.v_proj.weight", rand(hidden, hidden, std=hidden**-0.5)
+        yield p + "self_attn.o_proj.weight", rand(hidden, hidden, std=hidden**-0.5)
+        yield p + "mlp.gate_proj.weight", rand(inter, hidden, std=hidden**-0.5)
+        yield p + "mlp.up_proj.weight", rand(inter, hidden, std=hidden**-0.5)
+        yield p + "mlp.down_proj.weight", rand(hidden, inter, std=inter**-0.5)
+        yield p + "input_layernorm.weight", norm()
+        yield p + "post_attention_layernorm.weight", norm()
+    yield "model.norm.weight", norm()
+    yield "lm_head.weight", rand(vocab, hidden, std=hidden**-0.5)
 
 
 def llama_config(
@@ -169,15 +172,42 @@ def llama_config(
     }
 
 
-def write_tiny_vicuna(dir: Path, seed: int = 0, *, vocab_size: int | None = None, **shape: int) -> dict:
-    """A Vicuna-v0-style HF folder; returns its config. `vocab_size`/`shape` override sizes (benchmarks)."""
+def pad_tokenizer(model: bytes, n_pieces: int) -> bytes:
+    """The tokenizer grown to n_pieces with UNUSED pieces, one private-use character each: no text ever
+    contains them, so every id and every tokenization of the trained pieces stays as it was."""
+    from sentencepiece import sentencepiece_model_pb2 as pb
+
+    proto = pb.ModelProto()
+    proto.ParseFromString(model)
+    for i in range(n_pieces - len(proto.pieces)):
+        p = proto.pieces.add()
+        p.piece, p.score, p.type = chr(0xF0000 + i), -1e4, pb.ModelProto.SentencePiece.UNUSED
+    return proto.SerializeToString()
+
+
+def write_tiny_vicuna(
+    dir: Path,
+    seed: int = 0,
+    *,
+    vocab_size: int | None = None,
+    dtype: str = "float32",
+    shard_bytes: int | None = None,
+    **shape: int,
+) -> dict:
+    """A Vicuna-v0-style HF folder; returns its config. `vocab_size`/`shape` override sizes (benchmarks): a
+    vocab_size past the tiny tokenizer's pieces grows the tokenizer to vocab_size - 1 pieces (+1 config-only
+    pad, as Vicuna v0). dtype: the weights' type (the released folder is float16); shard_bytes: split into
+    pytorch_model-0000i-of-0000n.bin + pytorch_model.bin.index.json as the released folder is."""
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     model = train_tokenizer()
+    if vocab_size is not None and vocab_size - 1 > _n_pieces(model):
+        model = pad_tokenizer(model, vocab_size - 1)
     (dir / "tokenizer.model").write_bytes(model)
     n_pieces = _n_pieces(model)
     dims = {**LLM, **shape}
     cfg = llama_config(vocab_size or n_pieces + 1, **dims)  # +1: the pad Vicuna v0 added to the config only
+    cfg["torch_dtype"] = dtype
     (dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (dir / "tokenizer_config.json").write_text(
         json.dumps(
@@ -199,8 +229,37 @@ def write_tiny_vicuna(dir: Path, seed: int = 0, *, vocab_size: int | None = None
         json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2) + "\n"
     )
     g = torch.Generator().manual_seed(seed + 1000)
-    state = _llama_state(g, cfg["vocab_size"], dims["hidden_size"], dims["num_hidden_layers"], dims["intermediate_size"])
-    torch.save(state, dir / "pytorch_model.bin")
+    tensors = _llama_tensors(g, cfg["vocab_size"], dims["hidden_size"], dims["num_hidden_layers"], dims["intermediate_size"])
+    cast = getattr(torch, dtype)
+    if shard_bytes is None:
+        torch.save({k: t.to(cast) for k, t in tensors}, dir / "pytorch_model.bin")
+        return cfg
+    # shard by shard: only one shard's tensors in memory (the 7B weights are 13.5 GB in fp16)
+    shard: dict[str, torch.Tensor] = {}
+    files: list[dict[str, torch.Tensor]] = []  # key lists per shard, for the index
+    size = total = 0
+
+    def flush() -> None:
+        torch.save(shard, dir / f"shard-{len(files) + 1:05d}.tmp")
+        files.append(dict.fromkeys(shard))
+        shard.clear()
+
+    for k, t in tensors:
+        t = t.to(cast)
+        nbytes = t.numel() * t.element_size()
+        if shard and size + nbytes > shard_bytes:
+            flush()
+            size = 0
+        shard[k] = t
+        size, total = size + nbytes, total + nbytes
+    flush()
+    n, weight_map = len(files), {}
+    for i, keys in enumerate(files, start=1):
+        name = f"pytorch_model-{i:05d}-of-{n:05d}.bin"
+        (dir / f"shard-{i:05d}.tmp").rename(dir / name)
+        weight_map |= dict.fromkeys(keys, name)
+    index = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (dir / "pytorch_model.bin.index.json").write_text(json.dumps(index, indent=2) + "\n")
     return cfg
 
 
@@ -226,7 +285,9 @@ def pandagpt_state(
     return s
 
 
-def write_tiny_pandagpt(path: Path, llm_hidden: int, llm_layers: int, embed_dim: int, seed: int = 0) -> None:
+def write_tiny_pandagpt(
+    path: Path, llm_hidden: int, llm_layers: int, embed_dim: int, seed: int = 0, rank: int = LORA_RANK
+) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(pandagpt_state(llm_hidden, llm_layers, embed_dim, seed), path)
+    torch.save(pandagpt_state(llm_hidden, llm_layers, embed_dim, seed, rank), path)

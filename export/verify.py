@@ -18,6 +18,7 @@ import numpy as np
 from runtime.errors import AgptError
 from runtime.pipeline.bundle import load_bundle
 from runtime.pipeline.prompt import FALLBACK_PRODUCT
+from runtime.tools.engine_args import add_engine_arguments, backend_from_args
 
 # What an fp32 / fp16 bundle is expected to stay within (relative to the output's largest value).
 REL_TOL = {"fp32": 1e-3, "fp16": 5e-2}
@@ -44,13 +45,14 @@ def verify_vision(
     images: list[Path] | np.ndarray,
     shots: list[Path] | np.ndarray | None = None,
     product: str | None = None,
-    backend: str = "onnxruntime",
+    backend="onnxruntime",
     providers: list | None = None,
     threads: int | None = None,
     bundle=None,
     mods=None,
 ) -> dict:
     """Compare the bundle's graphs with the torch modules on the same inputs; returns a JSON-able report.
+    backend: an engine name or a BackendConfig (runtime.pipeline.engines.select opens it, as the daemon does).
     bundle / mods: the loaded bundle and vision modules when the caller already has them."""
     import torch
 
@@ -59,13 +61,18 @@ def verify_vision(
     from export.modeling.fewshot import bank_map as torch_bank_map
     from export.modeling.text_prompts import text_features
     from export.vision_modules import load_vision_modules
+    from runtime.pipeline.engines.config import BackendConfig
+    from runtime.pipeline.engines.select import open_vision
     from runtime.pipeline.maps import bank_map, peak_location
-    from runtime.pipeline.vision import VisionEngines
 
     bundle = bundle or load_bundle(bundle_dir, verify=True)
     m = bundle.manifest
     mods = mods or load_vision_modules(paths, text=True)
-    ve = VisionEngines(bundle, backend=backend, providers=providers, threads=threads)
+    if not isinstance(backend, BackendConfig):
+        backend = BackendConfig(engine=backend, providers=providers or ["CPUExecutionProvider"], intra_op_threads=threads)
+    ve = open_vision(bundle, backend, graphs=("encoder", "decoder", "prompt"))
+    engine = backend.engine
+    backend = engine
     x = images if isinstance(images, np.ndarray) else load_images(list(images))
     sx = None if shots is None or len(shots) == 0 else (shots if isinstance(shots, np.ndarray) else load_images(list(shots)))
     report: dict = {
@@ -127,7 +134,9 @@ def verify_vision(
     out["E_img"] = _stat(e_img, e_t.numpy())
 
     # TensorRT engines are FP16 builds even from fp32 graphs (export/tensorrt_build.py)
-    half = backend == "tensorrt" or any(c.precision == "fp16" for c in ve.components.values())
+    components = getattr(ve, "components", {})  # the torch engine runs the checkpoints: fp16 on CUDA
+    half = engine == "tensorrt" or getattr(ve, "dtype", None) is not None and "16" in str(ve.dtype)
+    half = half or any(c.precision == "fp16" for c in components.values())
     tol = REL_TOL["fp16" if half else "fp32"]
     report["rel_tolerance"] = tol
     report["ok"] = all(all(v) for v in report["cells"].values()) and all(s["max_rel"] <= tol for s in out.values())
@@ -209,8 +218,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--images", type=Path, nargs="+", required=True)
     p.add_argument("--shots", type=Path, nargs="*", default=[], help="normal shots: also compare the few-shot map")
     p.add_argument("--product", help="product name for the text features (default 'object')")
-    p.add_argument("--backend", default="onnxruntime", choices=("onnxruntime", "tensorrt"))
     p.add_argument("--threads", type=int)
+    add_engine_arguments(p)
     p.add_argument("--json", action="store_true")
 
 
@@ -226,8 +235,7 @@ def run(args: argparse.Namespace) -> int:
         args.images,
         args.shots,
         args.product,
-        backend=args.backend,
-        threads=args.threads,
+        backend=backend_from_args(args, intra_op_threads=args.threads),
         bundle=bundle,
         mods=mods,
     )

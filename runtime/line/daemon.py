@@ -145,15 +145,14 @@ class Daemon:
     # ---- start / stop -------------------------------------------------------------------------------
 
     def open_inspector(self):
-        """The inspector this config asks for (start() opens it when none was given). One LLM sequence per frame
-        of a batch; n_ctx is per sequence: a frame's prompt (~100 positions) plus an answer fits 1024, and the KV
-        cache stays batch x 1024 cells; one camera keeps the session's own context size."""
+        """The inspector this config asks for (start() opens it when none was given): the engines backend.engine
+        names (runtime.pipeline.engines.select), one LLM sequence per frame of a batch, backend.llm_ctx each."""
+        from runtime.pipeline.engines.select import describe
         from runtime.pipeline.inspector import Inspector
 
-        batch = self._batch_limit()
-        options = {"n_ctx": 1024} if batch > 1 else None
-        return Inspector.from_config(self.cfg.bundle, self.cfg.backend, self.cfg.verdict_mode, max_batch=batch,
-                                     llm_options=options)  # fmt: skip
+        insp = Inspector.from_config(self.cfg.bundle, self.cfg.backend, self.cfg.verdict_mode, max_batch=self._batch_limit())
+        log.info("engine %s: %s", self.cfg.backend.engine, describe(insp.vision))
+        return insp
 
     def _batch_limit(self) -> int:
         return min(len(self.lanes), self.cfg.max_batch or len(self.lanes))

@@ -91,6 +91,9 @@ class BundleManifest(BaseModel):
     llm: LlmInfo | None = None
     products: dict[str, ProductText] = Field(default_factory=dict, description="text features set up at export")
     text_context: int = 77
+    tokenizer: FileRef | None = Field(
+        None, description="CLIP BPE merges (gzip) for text features of products named on the device (runtime.pipeline.clip_bpe)"
+    )
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -129,6 +132,8 @@ def _refs(m: BundleManifest) -> list[FileRef]:
         refs += [c, *c.external_data]
     if m.llm is not None:
         refs.append(m.llm)
+    if m.tokenizer is not None:
+        refs.append(m.tokenizer)
     return refs
 
 

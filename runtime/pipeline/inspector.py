@@ -28,11 +28,11 @@ import numpy as np
 
 from runtime.errors import AgptError
 from runtime.pipeline.bundle import Bundle, load_bundle
+from runtime.pipeline.engines.select import as_config, open_vision
 from runtime.pipeline.maps import bank_map, l2_rows, peak_location
 from runtime.pipeline.preprocess import FrameTransform, preprocess
 from runtime.pipeline.products import PackSpec, ProductPack
 from runtime.pipeline.prompt import FALLBACK_PRODUCT, parse_answer, product_question
-from runtime.pipeline.vision import VisionEngines
 
 
 @dataclass
@@ -73,9 +73,12 @@ class Inspector:
         max_batch: int = 1,
         vision=None,
         llm=None,
+        vision_factory=None,
     ):
-        """max_batch: most frames judge_batch decodes at once (cameras); sizes the LLM context (n_seq_max).
-        vision / llm: engines built elsewhere (export.torch_backend), used instead of the bundle's."""
+        """backend: a BackendConfig (or an object with some of its fields); the engine is chosen from it in
+        runtime.pipeline.engines.select. max_batch: most frames judge_batch decodes at once (cameras); sizes
+        the LLM context (n_seq_max). vision / llm: engines built elsewhere, used instead of the bundle's;
+        vision_factory: how engine 'torch' is opened (default: the registered plugin)."""
         if verdict_mode not in ("first_token", "answer"):
             raise AgptError(f"verdict mode {verdict_mode!r}: expected first_token or answer")
         m = bundle.manifest
@@ -85,25 +88,26 @@ class Inspector:
         self.encoder_sha256 = bundle.encoder_sha256
         self.pack_spec = PackSpec.from_bundle(bundle)
         self.manifest_products = m.products
-        providers = getattr(backend, "providers", None)
-        threads = getattr(backend, "intra_op_threads", None)
         if max_batch < 1:
             raise AgptError(f"max_batch {max_batch}: expected at least 1")
         self.max_batch = int(max_batch)
-        self.vision = vision if vision is not None else VisionEngines(bundle, providers=providers, threads=threads)
+        cfg = self.backend = as_config(backend)
+        self.vision = vision if vision is not None else open_vision(bundle, cfg, factory=vision_factory)
         self.llm = llm
+        self._text_cache: dict[str, np.ndarray] = {}
         if llm is None and m.llm is not None and self.vision.has("prompt"):
             from runtime.pipeline.llm import LlmSession
 
             width = next(s.shape[-1] for s in m.components["prompt"].outputs if s.name == "prompts")
-            opts = dict(
-                n_threads=getattr(backend, "llm_threads", None), n_gpu_layers=getattr(backend, "llm_gpu_layers", None) or None
-            )
+            opts = cfg.llm_options()
             if self.max_batch > 1:
                 opts["n_seq_max"] = self.max_batch
             opts.update(llm_options or {})
             self.llm = LlmSession(bundle.path(m.llm), m.llm.layout, n_embd=int(width), **opts)
         self._banks: collections.OrderedDict[str, list[np.ndarray]] = collections.OrderedDict()
+        from runtime.pipeline.llama import release_free_heap
+
+        release_free_heap()  # the graphs' and the GGUF's load buffers, freed, go back to the OS (glibc keeps them)
 
     @classmethod
     def from_config(cls, bundle_path: str | Path, backend=None, verdict_mode: str = "first_token", **kw) -> Inspector:
@@ -130,12 +134,29 @@ class Inspector:
         _, taps = self.vision.encode(self._input(image_bgr)[0])
         return [t[0] for t in taps]
 
-    def text_features(self, product: str) -> np.ndarray | None:
-        """(2,E) text features of a product, from bundle.json (set up at export); None without a decoder."""
+    def text_features(self, product: str, compute: bool = True) -> np.ndarray | None:
+        """(2,E) text features of a product; None without a decoder. From bundle.json when the export set the
+        product up; else computed here (the bundle's CLIP BPE merges and text-encoder graph, opened on this
+        first use) unless `compute` is False (a product with normal shots: its map is the bank map); else the
+        reference's fallback name 'object'."""
         if not self.vision.has("decoder"):
             return None
         products = self.manifest_products
-        entry = products.get(product) or products.get(FALLBACK_PRODUCT)
+        entry = products.get(product)
+        if entry is not None:
+            return np.asarray(entry.text_feats, np.float32)
+        if product in self._text_cache:
+            return self._text_cache[product]
+        tok = self.bundle.manifest.tokenizer
+        if compute and tok is not None and self.vision.has("text_encoder"):
+            from runtime.pipeline import clip_bpe
+            from runtime.pipeline.text_ensemble import class_means, class_sentences
+
+            normal, abnormal = class_sentences(product)
+            tokens = clip_bpe.load(str(self.bundle.path(tok))).tokenize(normal + abnormal, self.bundle.manifest.text_context)
+            feats = self._text_cache[product] = class_means(self.vision.text_features(tokens), len(normal))
+            return feats
+        entry = products.get(FALLBACK_PRODUCT)
         if entry is None:
             raise AgptError(
                 f"{self.bundle.root}: no text features for {product!r} nor '{FALLBACK_PRODUCT}': re-export with --product"

@@ -60,7 +60,24 @@ def last_log_line() -> str:
     return (errs or lines or ["no message"])[-1][:300]
 
 
-def _load_model(path: Path, vocab_only: bool = False, n_gpu_layers: int | None = None):
+KV_TYPES = {"f16": "GGML_TYPE_F16", "q8_0": "GGML_TYPE_Q8_0", "f32": "GGML_TYPE_F32"}
+
+
+def release_free_heap() -> None:
+    """glibc malloc_trim(0): return the heap's free pages to the OS (model loading frees large read buffers
+    that glibc otherwise keeps resident). A no-op where there is no glibc (musl, macOS)."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _load_model(
+    path: Path, vocab_only: bool = False, n_gpu_layers: int | None = None, repack: bool | None = None, mmap: bool | None = None
+):
+    """repack: llama.cpp's CPU weight repacking (use_extra_bufts; faster Q4_K prefill); mmap: map the file rather
+    than read it (a mapped file read for repacking stays resident beside the repacked copy). None: llama.cpp's
+    default (both on)."""
     ll = llama_cpp_module()
     if not path.is_file():
         raise AgptError(f"{path}: no such GGUF file (expected the LLM written by 'agpt export llm')")
@@ -68,6 +85,10 @@ def _load_model(path: Path, vocab_only: bool = False, n_gpu_layers: int | None =
     mp.vocab_only = vocab_only
     if n_gpu_layers is not None:
         mp.n_gpu_layers = n_gpu_layers
+    if repack is not None:
+        mp.use_extra_bufts = bool(repack)
+    if mmap is not None:
+        mp.load_mode = ll.LLAMA_LOAD_MODE_MMAP if mmap else ll.LLAMA_LOAD_MODE_NONE
     _LOG.clear()
     model = ll.llama_model_load_from_file(str(path).encode(), mp)
     if not model:
@@ -106,7 +127,8 @@ class LlamaContext:
 
     def __init__(self, gguf_path: str | Path, n_ctx: int = 2048, n_threads: int | None = None, n_batch: int = 512,
                  kv_f32: bool = False, flash_attn: bool = False, n_gpu_layers: int | None = None,
-                 n_seq_max: int = 1, verbose: bool = False):  # fmt: skip
+                 n_seq_max: int = 1, verbose: bool = False, kv_type: str | None = None, repack: bool | None = None,
+                 mmap: bool | None = None):  # fmt: skip
         global _VERBOSE
         _VERBOSE = verbose
         ll = self._ll = llama_cpp_module()
@@ -115,7 +137,10 @@ class LlamaContext:
         self._batches: list = []
         if not 1 <= int(n_seq_max) <= 256:
             raise AgptError(f"n_seq_max {n_seq_max}: expected 1 to 256 sequences (one per camera)")
-        self._model = _load_model(self.path, n_gpu_layers=n_gpu_layers)
+        kv = "f32" if kv_f32 else (kv_type or "f16")
+        if kv not in KV_TYPES:
+            raise AgptError(f"KV type {kv!r}: one of {', '.join(KV_TYPES)}")
+        self._model = _load_model(self.path, n_gpu_layers=n_gpu_layers, repack=repack, mmap=mmap)
         self.n_embd = int(ll.llama_model_n_embd(self._model))
         self._vocab = ll.llama_model_get_vocab(self._model)
         self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
@@ -130,8 +155,9 @@ class LlamaContext:
         cp.n_threads = cp.n_threads_batch = n_threads or os.cpu_count() or 1
         cp.no_perf = True
         cp.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
-        if kv_f32:
-            cp.type_k = cp.type_v = ll.GGML_TYPE_F32
+        cp.type_k = cp.type_v = getattr(ll, KV_TYPES[kv])
+        if kv == "q8_0" and not flash_attn:  # llama.cpp quantises the V cache only with flash attention
+            cp.type_v = ll.GGML_TYPE_F16
         self._ctx = ll.llama_init_from_model(self._model, cp)
         if not self._ctx:
             self.close()

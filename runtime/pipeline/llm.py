@@ -33,7 +33,7 @@ import numpy as np
 
 from runtime.errors import AgptError
 from runtime.pipeline.gguf_tokens import read_token_embeddings
-from runtime.pipeline.llama import LlamaContext
+from runtime.pipeline.llama import LlamaContext, release_free_heap
 from runtime.pipeline.prompt import PromptLayout, question_text
 
 
@@ -97,11 +97,17 @@ class LlmSession:
         verbose: bool = False,
         single_batch: bool = True,
         n_seq_max: int = 1,
+        kv_type: str | None = None,
+        repack: bool | None = None,
+        mmap: bool | None = None,
     ):
+        """kv_type: f16 | q8_0 | f32 (kv_f32 wins); repack / mmap: llama.cpp's weight repacking and file mapping
+        (None: its defaults). backend.llm_kv_type / llm_repack / llm_mmap set them on the line."""
         self.layout = layout
         self._lock = threading.Lock()
         self.llama = LlamaContext(gguf_path, n_ctx=n_ctx, n_threads=n_threads, n_batch=n_batch, kv_f32=kv_f32,
-                                  flash_attn=flash_attn, n_gpu_layers=n_gpu_layers, n_seq_max=n_seq_max, verbose=verbose)  # fmt: skip
+                                  flash_attn=flash_attn, n_gpu_layers=n_gpu_layers, n_seq_max=n_seq_max, verbose=verbose,
+                                  kv_type=kv_type, repack=repack, mmap=mmap)  # fmt: skip
         self.path, self.n_embd, self.n_vocab = self.llama.path, self.llama.n_embd, self.llama.n_vocab
         self.n_ctx, self.n_batch, self.n_seq_max = self.llama.n_ctx, self.llama.n_batch, self.llama.n_seq_max
         if n_embd is not None and n_embd != self.n_embd:
@@ -123,6 +129,7 @@ class LlmSession:
         self._middle = self._segment(layout.middle)
         self.n_prefix = len(layout.prefix_tokens)
         self._decode(np.asarray(layout.prefix_tokens, np.int32), 0, want="none")
+        release_free_heap()  # loading leaves freed read buffers in malloc's arenas: give them back to the OS
 
     # ---------------------------------------------------------------- plumbing
 

@@ -15,6 +15,7 @@ any failure is an AgptError and the caller keeps the pack it had.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -240,7 +241,8 @@ def build_pack(
         encoder_sha256 = getattr(inspector_or_taps, "encoder_sha256", None)
         if encoder_sha256 is None:
             raise TypeError("build_pack: pass encoder_sha256 with a bare taps callable")
-    if text_features is None:
+    own_text = text_features is None
+    if own_text:
         text_features = getattr(inspector_or_taps, "text_features", None)
     if calibrate is None:
         calibrate = getattr(inspector_or_taps, "calibrate", None)
@@ -273,7 +275,13 @@ def build_pack(
         for k, t in enumerate(taps):
             per_layer[k].append(t.reshape(-1, t.shape[-1]))
     bank = [np.concatenate(layer, axis=0) for layer in per_layer]
-    tf = text_features(name) if text_features is not None else None
+    if text_features is None:
+        tf = None
+    elif own_text and images and "compute" in inspect.signature(text_features).parameters:
+        # normal shots: the bank map replaces the decoder map, so no text encoder is opened for this product
+        tf = text_features(name, compute=False)
+    else:
+        tf = text_features(name)
     meta = {
         "schema": PACK_SCHEMA,
         "name": name,

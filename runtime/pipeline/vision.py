@@ -23,6 +23,7 @@ from runtime.pipeline.bundle import Bundle, Component, TensorSpec, sha256_file
 from runtime.pipeline.engines import Engine, open_engine
 
 GRAPHS = ("encoder", "decoder", "prompt", "text_encoder")
+LAZY = ("text_encoder",)
 
 
 def _dims(specs: list[TensorSpec]) -> list[tuple[str, list, str]]:
@@ -39,28 +40,37 @@ class VisionEngines:
         threads: int | None = None,
         graphs: tuple[str, ...] = GRAPHS,
         engine_tag: str | None = None,
+        lazy: tuple[str, ...] = LAZY,
     ):
+        """lazy: graphs opened on first use, not at start (the text encoder: ~1.6 GB at the real shapes, and only
+        a product named on the device without text features needs it)."""
         self.bundle, self.backend = bundle, backend
+        self._open_args = dict(providers=providers, threads=threads)
+        self._tag = engine_tag
         self.engines: dict[str, Engine] = {}
         self.components: dict[str, Component] = {}
+        self._lazy = {n for n in graphs if n in lazy and bundle.has(n)}
         for name in graphs:
-            if not bundle.has(name):
-                continue
-            comp = bundle.manifest.components[name]
-            path = self._graph_path(name, comp, engine_tag)
-            engine = open_engine(path, backend=backend, providers=providers, threads=threads)
-            self._check_graph(name, comp, engine, path)
-            self.engines[name], self.components[name] = engine, comp
+            if bundle.has(name) and name not in self._lazy:
+                self._open(name, backend)
+
+    def _open(self, name: str, backend: str) -> Engine:
+        comp = self.bundle.manifest.components[name]
+        path = self._graph_path(name, comp, self._tag, backend)
+        engine = open_engine(path, backend=backend, **self._open_args)
+        self._check_graph(name, comp, engine, path)
+        self.engines[name], self.components[name] = engine, comp
+        return engine
 
     # ------------------------------------------------------------ opening
 
-    def _graph_path(self, name: str, comp: Component, tag: str | None) -> Path:
-        if self.backend != "tensorrt":
+    def _graph_path(self, name: str, comp: Component, tag: str | None, backend: str) -> Path:
+        if backend != "tensorrt":
             return self.bundle.path(comp)
         if tag is None:
             from runtime.pipeline.engines.tensorrt import device_tag
 
-            tag = device_tag()
+            tag = self._tag = device_tag()
         if tag not in comp.engines:
             have = ", ".join(comp.engines) or "none"
             raise AgptError(
@@ -88,9 +98,16 @@ class VisionEngines:
             )
 
     def has(self, name: str) -> bool:
-        return name in self.engines
+        """The bundle has this graph here (opened, or opened on first use)."""
+        return name in self.engines or name in self._lazy
 
     def _require(self, name: str) -> Engine:
+        if name not in self.engines and name in self._lazy:
+            # `agpt export trt` builds no text-encoder engine: a lazy graph without one runs in onnxruntime
+            comp = self.components.get(name) or self.bundle.manifest.components[name]
+            backend = self.backend if self.backend != "tensorrt" or (self._tag and self._tag in comp.engines) else "onnxruntime"
+            self._lazy.discard(name)
+            self._open(name, backend)
         if name not in self.engines:
             raise AgptError(f"{self.bundle.root}: bundle has no {name} graph")
         return self.engines[name]
@@ -136,19 +153,17 @@ class VisionEngines:
 
     def decoder_map(self, taps: list[np.ndarray], text_feats: np.ndarray) -> np.ndarray:
         """Taps and text_feats (2,E) [normal, abnormal] -> M_dec (B,224,224) in (0,1)."""
-        self._require("decoder")
-        out = self.engines["decoder"].run(self._feeds("decoder", [*taps, np.asarray(text_feats, np.float32)]))
+        out = self._require("decoder").run(self._feeds("decoder", [*taps, np.asarray(text_feats, np.float32)]))
         return out["map"][:, 0]
 
     def prompts(self, m: np.ndarray, emb: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Map (B,224,224) or (B,1,224,224) and emb (B,E) -> P (B,18,D), E_img (B,1,D)."""
-        self._require("prompt")
+        prompt = self._require("prompt")
         if isinstance(m, np.ndarray) and m.ndim == 3:
             m = m[:, None]
-        out = self.engines["prompt"].run(self._feeds("prompt", [m, emb]))
+        out = prompt.run(self._feeds("prompt", [m, emb]))
         return out["prompts"], out["img_embed"]
 
     def text_features(self, tokens: np.ndarray) -> np.ndarray:
         """tokens (N,77) int64 (CLIP BPE) -> (N,E) L2-normalised sentence embeddings."""
-        self._require("text_encoder")
-        return self.engines["text_encoder"].run(self._feeds("text_encoder", [tokens]))["text_emb"]
+        return self._require("text_encoder").run(self._feeds("text_encoder", [tokens]))["text_emb"]

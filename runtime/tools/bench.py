@@ -33,14 +33,15 @@ import sys
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
 from runtime.errors import AgptError
+from runtime.pipeline.engines.select import describe
 from runtime.tools.bench_cameras import run_cameras
-from runtime.tools.bench_common import cpu_name, load_frames, peak_rss_mb, summary
+from runtime.tools.bench_common import cpu_name, load_frames, peak_rss_mb, rss_mb, summary
 from runtime.tools.bench_reference import check_sources, run_reference
+from runtime.tools.engine_args import add_engine_arguments, backend_from_args
 
 STAGES = (
     "preprocess",
@@ -116,17 +117,16 @@ class BenchPublisher:
 # ---- ours -------------------------------------------------------------------------------------------
 
 
-def open_inspector(bundle: Path, max_batch: int, threads: int | None, llm_threads: int | None, new_tokens: int):
+def open_inspector(bundle: Path, max_batch: int, threads: int | None, llm_threads: int | None, new_tokens: int, backend=None):
+    """backend: a BackendConfig (--engine ...); threads / llm_threads set on it where given."""
+    from runtime.pipeline.engines.config import BackendConfig
     from runtime.pipeline.inspector import Inspector
 
-    backend = SimpleNamespace(
-        providers=["CPUExecutionProvider"], intra_op_threads=threads, llm_threads=llm_threads, llm_gpu_layers=None
+    backend = (backend or BackendConfig()).model_copy(
+        update={k: v for k, v in (("intra_op_threads", threads), ("llm_threads", llm_threads)) if v is not None}
     )
-    # n_ctx is per sequence: a frame's prompt (~100 positions) plus the capped answer fits 1024 easily, and
-    # the KV cache stays n_seq_max x 1024 cells (a 7B F16 cache costs 0.5 MB per cell).
-    return Inspector.from_config(
-        bundle, backend, "first_token", max_new_tokens=new_tokens, max_batch=max_batch, llm_options={"n_ctx": 1024}
-    )
+    # the context is backend.llm_ctx per sequence (1024: a frame's prompt plus the capped answer fits easily)
+    return Inspector.from_config(bundle, backend, "first_token", max_new_tokens=new_tokens, max_batch=max_batch)
 
 
 def product_pack(insp, product: str | None, shots: list[Path]):
@@ -187,6 +187,11 @@ def table(report: dict) -> str:
         cols.append(("reference as released", ref))
     head = f"{'stage (median / p99 ms)':<24}" + "".join(f"{c:>24}" for c, _ in cols)
     lines = [head, "-" * len(head)]
+    if report.get("engine"):
+        e = report["engine"]
+        lines.insert(
+            0, f"engine {e['engine']}: {e['graphs']}; loaded in {e['load_s']:.2f} s, {e['rss_after_load_mb']:.0f} MB resident"
+        )
     for s in STAGES:
         cells = []
         for _, m in cols:
@@ -252,6 +257,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--llm-threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
     p.add_argument("--blas-threads", type=int, default=None, help="numpy BLAS threads for the bank map (as backend.blas_threads)")
     p.add_argument("--json", action="store_true", help="print JSON instead of the table")
+    add_engine_arguments(p)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -272,7 +278,10 @@ def run(args: argparse.Namespace) -> int:
         set_blas_threads(args.blas_threads)
     frames, source = load_frames(args.frames, args.images)
     warmup = frames[: args.warmup]
-    insp = open_inspector(args.bundle, max(cams + [1]), args.threads, args.llm_threads, args.new_tokens)
+    backend = backend_from_args(args)
+    t_load = time.perf_counter()
+    insp = open_inspector(args.bundle, max(cams + [1]), args.threads, args.llm_threads, args.new_tokens, backend)
+    load_s = time.perf_counter() - t_load
     if insp.llm is None:
         modes = []  # a lite bundle: the calibrated judge; the stages still print
     pack = product_pack(insp, args.product, args.shots)
@@ -298,6 +307,12 @@ def run(args: argparse.Namespace) -> int:
             "python": platform.python_version(),
         },
         "threads": {"onnxruntime": args.threads, "llama_cpp": args.llm_threads, "blas": args.blas_threads},
+        "engine": {
+            "engine": backend.engine,
+            "graphs": describe(insp.vision),
+            "load_s": round(load_s, 2),
+            "rss_after_load_mb": round(rss_mb(), 1),
+        },
         "ours": {},
         "warnings": [],
     }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import resource
 import sys
@@ -52,6 +53,15 @@ def summary(values: list[float]) -> dict[str, float]:
 def peak_rss_mb() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / (1 << 20) if sys.platform == "darwin" else r / 1024.0  # bytes on macOS, KiB on Linux
+
+
+def rss_mb() -> float:
+    """Resident memory now (Linux /proc; the peak where there is none)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return peak_rss_mb()
 
 
 def cpu_name() -> str:

@@ -46,6 +46,7 @@ import numpy as np
 
 from runtime.errors import AgptError
 from runtime.names import PRODUCT_RE
+from runtime.tools.engine_args import add_engine_arguments, backend_from_args
 from runtime.tools.eval_data import (
     GOOD,
     Sample,
@@ -268,18 +269,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="product description put before the question (LLM bundles); 'auto': the paper's MVTec-AD / VisA class description",
     )
-    p.add_argument("--providers", default="CPUExecutionProvider", help="onnxruntime providers, comma separated")
     p.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads")
+    add_engine_arguments(p)
     p.add_argument("--out", type=Path, default=None, help="folder for eval.json, eval.md and eval.png (default: no files)")
     p.add_argument("--json", action="store_true", help="print the JSON result on stdout (progress goes to stderr)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from runtime.pipeline.engines.config import BackendConfig
-
     if args.max_images is not None and args.max_images < 2:
         raise AgptError("--max-images must be at least 2 (a good and a defective image)")
-    backend = BackendConfig(providers=[s.strip() for s in args.providers.split(",") if s.strip()], intra_op_threads=args.threads)
+    backend = backend_from_args(args, intra_op_threads=args.threads)
     say = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else (lambda *a: print(*a, flush=True))
     r = evaluate(
         args.bundle,

@@ -1,8 +1,10 @@
 """ONNX Runtime backend: an InferenceSession with the providers the config asks for, in that order.
 
-Providers the installed onnxruntime does not have are dropped with a log line (a CPU build has no CUDA
-or TensorRT provider), and CPUExecutionProvider always closes the list so every node has a home.
-Provider entries are names or (name, options) pairs, as onnxruntime takes them.
+A provider asked for by name that the installed onnxruntime does not have is an error (a CPU build has no
+CUDA or TensorRT provider): a line configured for the GPU must not run on the CPU without anyone knowing.
+'auto' asks for exactly what this build has of TensorRT EP, CUDA, CPU. CPUExecutionProvider always closes
+the list so every node has a home. Provider entries are names or (name, options) pairs, as onnxruntime
+takes them (runtime.pipeline.engines.select attaches the TensorRT EP options).
 """
 
 from __future__ import annotations
@@ -31,18 +33,26 @@ def _import():
     return ort
 
 
-def resolve_providers(requested: list | None = None) -> list:
-    """The requested providers the installed onnxruntime has, in order, CPU last."""
+def _name(p) -> str:
+    return p[0] if isinstance(p, (tuple, list)) else p
+
+
+def resolve_providers(requested: list | str | None = None) -> list:
+    """The requested providers, in order, CPU last; each must be in the installed onnxruntime.
+    None or 'auto': those of DEFAULT_PROVIDERS this build has."""
     ort = _import()
-    available = set(ort.get_available_providers())
-    keep = []
-    for p in requested or DEFAULT_PROVIDERS:
-        name = p[0] if isinstance(p, (tuple, list)) else p
-        if name in available:
-            keep.append(tuple(p) if isinstance(p, (tuple, list)) else p)
-        else:
-            log.info("onnxruntime: provider %s is not available in this build, dropped", name)
-    if not any((p[0] if isinstance(p, tuple) else p) == "CPUExecutionProvider" for p in keep):
+    available = list(ort.get_available_providers())
+    if requested is None or requested == "auto":
+        return [p for p in DEFAULT_PROVIDERS if p in available] or ["CPUExecutionProvider"]
+    missing = [_name(p) for p in requested if _name(p) not in available]
+    if missing:
+        raise AgptError(
+            f"onnxruntime {ort.__version__} on this host has no {', '.join(missing)} (it has {', '.join(available)}): "
+            "install the onnxruntime build for this device (onnxruntime-gpu, the Jetson wheel) or set backend.providers "
+            "to what it has ('auto' picks exactly those)"
+        )
+    keep = [tuple(p) if isinstance(p, (tuple, list)) else p for p in requested]
+    if not any(_name(p) == "CPUExecutionProvider" for p in keep):
         keep.append("CPUExecutionProvider")
     return keep
 
@@ -67,6 +77,14 @@ class OrtEngine(EngineBase):
         except Exception as e:  # corrupt file, unsupported op, missing external data
             first = (str(e).strip().splitlines() or [e.__class__.__name__])[0][:300]
             raise AgptError(f"{self.path}: onnxruntime cannot load this graph: {first}") from None
+        # onnxruntime falls back to the CPU with only a warning when a GPU provider fails to initialise
+        # (CUDA libraries missing): that is a start-up error here, not a slow line
+        lost = [_name(p) for p in self.providers if _name(p) not in self.session.get_providers()]
+        if lost:
+            raise AgptError(
+                f"{self.path.name}: onnxruntime could not start {', '.join(lost)} on this host (CUDA / TensorRT libraries?); "
+                f"it would run on {', '.join(self.session.get_providers())}"
+            )
         self.inputs = [_spec(a) for a in self.session.get_inputs()]
         self.outputs = [_spec(a) for a in self.session.get_outputs()]
         log.info("%s: onnxruntime providers %s", self.path.name, self.session.get_providers())
