@@ -220,6 +220,13 @@ def test_the_daemon_opens_tensorrt_engines_by_device_tag(lite_bundle, tmp_path, 
     assert trt.opened == ["sm87-trt10.3/encoder"] and insp.vision.backend == "tensorrt"
 
 
+def test_tensorrt_without_a_cuda_device_is_one_line(lite_bundle, monkeypatch):
+    _inject(monkeypatch)
+    sys.modules["cuda.bindings.runtime"].cudaGetDeviceProperties = lambda dev: (100, None)  # cudaErrorNoDevice
+    with pytest.raises(AgptError, match="needs a CUDA GPU"):
+        select.open_vision(load_bundle(lite_bundle), BackendConfig(engine="tensorrt"))
+
+
 def test_tensorrt_refuses_a_gpu_without_engines_and_altered_engines(lite_bundle, tmp_path, monkeypatch):
     _inject(monkeypatch, 9, 0)  # an sm90 card: the bundle's engines were built for an Orin
     bundle = _with_engines(lite_bundle, tmp_path / "b", ["sm87-trt10.3"])

@@ -52,7 +52,10 @@ def _ok(result):
 def device_tag() -> str:
     """'sm87-trt10.3': engines only run on the GPU architecture and TensorRT version that built them."""
     trt, cudart = import_tensorrt(), import_cudart()
-    props = _ok(cudart.cudaGetDeviceProperties(0))
+    err, *rest = cudart.cudaGetDeviceProperties(0)
+    if int(err) != 0:
+        raise AgptError(f"engine 'tensorrt' needs a CUDA GPU and this host has none usable ({err}); use engine 'onnxruntime'")
+    props = rest[0]
     return f"sm{props.major}{props.minor}-trt{'.'.join(trt.__version__.split('.')[:2])}"
 
 
