@@ -47,7 +47,9 @@ def notify(state: str) -> bool:
     if address is None:
         return False
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+        # non-blocking: a notify socket nobody reads (a full receive queue) must drop a ping, never stall the
+        # heartbeat or the loop that calls this (BlockingIOError is an OSError)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK) as sock:
             sock.sendto(state.encode("utf-8"), address)
         return True
     except OSError:

@@ -516,3 +516,19 @@ def test_watchdog_interval(monkeypatch):
     for bad in ("", "0", "-5", "ten"):
         monkeypatch.setenv("WATCHDOG_USEC", bad)
         assert watchdog.watchdog_interval() is None
+
+
+def test_notify_never_blocks_on_a_socket_nobody_reads(tmp_path, monkeypatch):
+    """A notify socket whose queue is full drops the ping (False) instead of stalling the caller."""
+    import socket as socket_mod
+
+    path = str(tmp_path / "notify")
+    listener = socket_mod.socket(socket_mod.AF_UNIX, socket_mod.SOCK_DGRAM)
+    listener.bind(path)
+    listener.setsockopt(socket_mod.SOL_SOCKET, socket_mod.SO_RCVBUF, 1024)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    try:
+        sent = [watchdog.notify(watchdog.WATCHDOG) for _ in range(10000)]  # never read: the queue fills
+        assert sent[0] and not all(sent)  # blocking sendto would hang here instead of returning False
+    finally:
+        listener.close()
