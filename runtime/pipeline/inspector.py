@@ -99,7 +99,7 @@ class Inspector:
             from runtime.pipeline.llm import LlmSession
 
             width = next(s.shape[-1] for s in m.components["prompt"].outputs if s.name == "prompts")
-            opts = cfg.llm_options()
+            opts = cfg.llm_options(verdict_mode)
             if self.max_batch > 1:
                 opts["n_seq_max"] = self.max_batch
             opts.update(llm_options or {})

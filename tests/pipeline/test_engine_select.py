@@ -28,7 +28,9 @@ from tests._daemon_fakes import daemon_config
 def test_config_fields_and_removed_keys():
     cfg = BackendConfig()
     assert cfg.engine == "onnxruntime" and cfg.llm_kv_type == "f16" and cfg.llm_gpu_layers == -1 and not cfg.llm_mmap
-    assert cfg.llm_options() == dict(n_threads=None, n_gpu_layers=-1, n_ctx=1024, kv_type="f16", repack=True, mmap=False)
+    assert cfg.llm_options() == dict(n_threads=None, n_gpu_layers=-1, n_ctx=512, kv_type="f16", repack=True, mmap=False)
+    assert cfg.llm_options("answer")["n_ctx"] == 1024  # an answer of up to 512 tokens needs the longer context
+    assert BackendConfig(llm_ctx=2048).llm_options("first_token")["n_ctx"] == 2048  # a set value wins
     assert BackendConfig(providers="auto").providers == "auto"
     for bad in ({"inter_op_threads": 2}, {"engine": "openvino"}, {"llm_kv_type": "q4"}, {"providers": "gpu"}):
         with pytest.raises(ValidationError):

@@ -58,10 +58,11 @@ class BackendConfig(_Strict):
     llm_gpu_layers: int = Field(
         -1, ge=-1, description="llama.cpp layers offloaded to the GPU (-1: all; ignored by a CPU-only llama.cpp build)"
     )
-    llm_ctx: int = Field(
-        1024, ge=128, le=32768,
-        description="llama.cpp context per sequence: a frame takes ~75 positions past the prefix, an answer up to "
-        "max_new_tokens more, follow-up questions the rest. KV memory grows with it (7B f16: 0.5 MiB per position)",
+    llm_ctx: int | None = Field(
+        None, ge=128, le=32768,
+        description="llama.cpp context per sequence (KV memory grows with it: 7B f16 0.5 MiB per position). None: "
+        "what the verdict mode needs, 512 for first_token (a frame is ~110 positions; a follow-up answer is cut at the "
+        "context) and 1024 for answer (an answer of up to 512 tokens)",
     )  # fmt: skip
     llm_kv_type: Literal["f16", "q8_0", "f32"] = Field(
         "f16", description="llama.cpp KV cache type: f16 (default), q8_0 (half the KV memory), f32 (parity tests)"
@@ -83,12 +84,12 @@ class BackendConfig(_Strict):
         "core. Its idle threads spin: on a small host 1 keeps them from taking a core the cameras and engines need",
     )  # fmt: skip
 
-    def llm_options(self) -> dict:
-        """LlmSession keyword arguments from this block."""
+    def llm_options(self, verdict_mode: str = "first_token") -> dict:
+        """LlmSession keyword arguments from this block (the context sized for the verdict mode unless set)."""
         return dict(
             n_threads=self.llm_threads,
             n_gpu_layers=self.llm_gpu_layers,
-            n_ctx=self.llm_ctx,
+            n_ctx=self.llm_ctx or (1024 if verdict_mode == "answer" else 512),
             kv_type=self.llm_kv_type,
             repack=self.llm_repack,
             mmap=self.llm_mmap,
