@@ -8,7 +8,18 @@ import time
 from pathlib import Path
 
 import pytest
-from _daemon_fakes import TOPICS, CountingSource, FakeInspector, collect, connected, ctl, daemon_config, final_seen, make_bundle, running
+from _daemon_fakes import (
+    TOPICS,
+    CountingSource,
+    FakeInspector,
+    collect,
+    connected,
+    ctl,
+    daemon_config,
+    final_seen,
+    make_bundle,
+    running,
+)
 
 from runtime.line.daemon import Daemon
 from runtime.tools.subscribe import ResultSubscriber

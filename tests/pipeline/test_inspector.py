@@ -32,6 +32,7 @@ def _text_pack(insp):
     return ProductPack("cookie", COOKIE_DESCRIPTION, [], insp.text_features("cookie"), {"encoder_sha256": insp.encoder_sha256})
 
 
+@pytest.mark.slow
 def test_decoder_path_matches_the_oracle(ref, insp, frames):
     pack = _text_pack(insp)
     for f in frames:
@@ -43,6 +44,7 @@ def test_decoder_path_matches_the_oracle(ref, insp, frames):
         assert j.answer == r.answer  # same greedy tokens, same text
 
 
+@pytest.mark.slow
 def test_bank_path_matches_the_oracle(ref, insp, frames, cookie):
     shots = sorted((cookie / "train" / "good").glob("*.png"))[:2]
     pack = build_pack(insp, "cookie", COOKIE_DESCRIPTION, shots)
@@ -85,6 +87,7 @@ def test_bad_frames_are_refused(insp):
         insp.judge(np.zeros((10, 10, 7), np.uint8), _text_pack(insp))
 
 
+@pytest.mark.slow
 def test_verify_compares_first_token_verdicts(tiny_bundle, tiny_ckpt, frames):
     from export.verify import verify_verdicts
     from export.vision_modules import CheckpointPaths

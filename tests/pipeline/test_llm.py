@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import COOKIE_DESCRIPTION
 
 from export.checkpoints import PANDAGPT, VICUNA, load_pandagpt
 from export.llm_export import (
@@ -28,7 +29,6 @@ from export.tiny_llm import corpus, train_tokenizer, write_tiny_pandagpt, write_
 from runtime.errors import AgptError
 from runtime.pipeline.llama import gguf_tokenize
 from runtime.pipeline.llm import FrameContext, LlmSession
-from conftest import COOKIE_DESCRIPTION
 from runtime.pipeline.prompt import SEGMENT_BEFORE, SEGMENT_MIDDLE, product_question, question_text
 
 QUESTION = product_question(

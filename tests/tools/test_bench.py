@@ -128,7 +128,9 @@ def test_bench_reference_with_shots(tiny_bundle, tiny_ckpt, image_dir, capsys):
     )
     assert r["bank"] is True
     print(f"with shots, F16 KV P(anomaly) vs the torch reference: {r['agreement']['first_token_p_max_abs_diff']:.3g}")
-    assert r["agreement"]["first_token_verdicts_equal"] == "2/2" and r["agreement"]["first_token_p_max_abs_diff"] <= 5e-4  # measured 8.2e-5
+    assert (
+        r["agreement"]["first_token_verdicts_equal"] == "2/2" and r["agreement"]["first_token_p_max_abs_diff"] <= 5e-4
+    )  # measured 8.2e-5
     # that the per-call work (the shots' and the query's second encoding) costs more than one encoding is a
     # timing claim: benchmarks/bench_claims.py prints it
     assert {"per_call", "encoder"} <= set(r["reference"]["stages"])
