@@ -485,6 +485,7 @@ def _p_all(path, layout, rows, **kw) -> np.ndarray:
         return np.array([s.first_token(e, p, product_question(COOKIE_DESCRIPTION)).p_anomaly for e, p in rows])
 
 
+@pytest.mark.slow  # ~50 s: the 46 frames through the vision side, then three LLMs
 def test_f16_kv_and_q4_k_m_first_token_verdicts_on_the_cookie_frames(f32, q4, cookie_rows):
     """What the line runs (F16 KV cache, the default; the Q4_K_M export) against F32 weights and F32 KV."""
     info, path = f32
