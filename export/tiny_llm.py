@@ -116,12 +116,16 @@ def train_tokenizer(vocab_size: int = VOCAB_PIECES) -> bytes:
     return model
 
 
-def _llama_state(g: torch.Generator, vocab: int, hidden: int, layers: int, inter: int) -> dict[str, torch.Tensor]:
-    return dict(_llama_tensors(g, vocab, hidden, layers, inter))
+def _llama_state(
+    g: torch.Generator, vocab: int, hidden: int, layers: int, inter: int, kv: int | None = None
+) -> dict[str, torch.Tensor]:
+    return dict(_llama_tensors(g, vocab, hidden, layers, inter, kv))
 
 
-def _llama_tensors(g: torch.Generator, vocab: int, hidden: int, layers: int, inter: int):
-    """(name, tensor) in HF order, made one at a time (the same draws, in the same order, as always)."""
+def _llama_tensors(g: torch.Generator, vocab: int, hidden: int, layers: int, inter: int, kv: int | None = None):
+    """(name, tensor) in HF order, made one at a time (the same draws, in the same order, as always).
+    kv: the k/v projections' width (kv_heads * head_dim); the hidden size without GQA."""
+    kv = kv or hidden
 
     def rand(*shape: int, std: float = 0.02) -> torch.Tensor:
         return std * torch.randn(*shape, generator=g)
@@ -133,8 +137,8 @@ def _llama_tensors(g: torch.Generator, vocab: int, hidden: int, layers: int, int
     for i in range(layers):
         p = f"model.layers.{i}."
         yield p + "self_attn.q_proj.weight", rand(hidden, hidden, std=hidden**-0.5)
-        yield p + "self_attn.k_proj.weight", rand(hidden, hidden, std=hidden**-0.5)
-        yield p + "self_attn.v_proj.weight", rand(hidden, hidden, std=hidden**-0.5)
+        yield p + "self_attn.k_proj.weight", rand(kv, hidden, std=hidden**-0.5)
+        yield p + "self_attn.v_proj.weight", rand(kv, hidden, std=hidden**-0.5)
         yield p + "self_attn.o_proj.weight", rand(hidden, hidden, std=hidden**-0.5)
         yield p + "mlp.gate_proj.weight", rand(inter, hidden, std=hidden**-0.5)
         yield p + "mlp.up_proj.weight", rand(inter, hidden, std=hidden**-0.5)
@@ -146,9 +150,15 @@ def _llama_tensors(g: torch.Generator, vocab: int, hidden: int, layers: int, int
 
 
 def llama_config(
-    vocab_size: int, hidden_size: int, num_hidden_layers: int, num_attention_heads: int, intermediate_size: int
+    vocab_size: int,
+    hidden_size: int,
+    num_hidden_layers: int,
+    num_attention_heads: int,
+    intermediate_size: int,
+    num_key_value_heads: int | None = None,
 ) -> dict:
-    """config.json as the Vicuna v0 folders have it (LLaMA-1: no GQA, rope base 10000, eps 1e-6)."""
+    """config.json as the Vicuna v0 folders have it (LLaMA-1: no GQA, rope base 10000, eps 1e-6).
+    num_key_value_heads < num_attention_heads makes a GQA model (LLaMA-2-70B style), for the writer's tests."""
     return {
         "architectures": ["LlamaForCausalLM"],
         "model_type": "llama",
@@ -157,7 +167,7 @@ def llama_config(
         "intermediate_size": intermediate_size,
         "num_attention_heads": num_attention_heads,
         "num_hidden_layers": num_hidden_layers,
-        "num_key_value_heads": num_attention_heads,
+        "num_key_value_heads": num_key_value_heads or num_attention_heads,
         "max_position_embeddings": 2048,
         "rms_norm_eps": 1e-6,
         "rope_theta": 10000.0,
@@ -192,12 +202,14 @@ def write_tiny_vicuna(
     vocab_size: int | None = None,
     dtype: str = "float32",
     shard_bytes: int | None = None,
+    kv_heads: int | None = None,
     **shape: int,
 ) -> dict:
     """A Vicuna-v0-style HF folder; returns its config. `vocab_size`/`shape` override sizes (benchmarks): a
     vocab_size past the tiny tokenizer's pieces grows the tokenizer to vocab_size - 1 pieces (+1 config-only
     pad, as Vicuna v0). dtype: the weights' type (the released folder is float16); shard_bytes: split into
-    pytorch_model-0000i-of-0000n.bin + pytorch_model.bin.index.json as the released folder is."""
+    pytorch_model-0000i-of-0000n.bin + pytorch_model.bin.index.json as the released folder is. kv_heads below
+    the head count gives k/v projections shared by groups of query heads (GQA)."""
     dir = Path(dir)
     dir.mkdir(parents=True, exist_ok=True)
     model = train_tokenizer()
@@ -206,7 +218,11 @@ def write_tiny_vicuna(
     (dir / "tokenizer.model").write_bytes(model)
     n_pieces = _n_pieces(model)
     dims = {**LLM, **shape}
-    cfg = llama_config(vocab_size or n_pieces + 1, **dims)  # +1: the pad Vicuna v0 added to the config only
+    heads = dims["num_attention_heads"]
+    if kv_heads is not None and (kv_heads < 1 or heads % kv_heads):
+        raise ValueError(f"kv_heads {kv_heads} must divide the {heads} attention heads")
+    # +1: the pad Vicuna v0 added to the config only
+    cfg = llama_config(vocab_size or n_pieces + 1, **dims, num_key_value_heads=kv_heads)
     cfg["torch_dtype"] = dtype
     (dir / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
     (dir / "tokenizer_config.json").write_text(
@@ -229,7 +245,8 @@ def write_tiny_vicuna(
         json.dumps({"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>"}, indent=2) + "\n"
     )
     g = torch.Generator().manual_seed(seed + 1000)
-    tensors = _llama_tensors(g, cfg["vocab_size"], dims["hidden_size"], dims["num_hidden_layers"], dims["intermediate_size"])
+    kv = cfg["num_key_value_heads"] * (dims["hidden_size"] // heads)
+    tensors = _llama_tensors(g, cfg["vocab_size"], dims["hidden_size"], dims["num_hidden_layers"], dims["intermediate_size"], kv)
     cast = getattr(torch, dtype)
     if shard_bytes is None:
         torch.save({k: t.to(cast) for k, t in tensors}, dir / "pytorch_model.bin")

@@ -144,9 +144,13 @@ class Camera:
         on_event: EventFn | None = None,
         queue=None,
         prepare: Callable[[np.ndarray], Any] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wait: Callable[[float], Any] | None = None,
     ):
         """queue: where frames go; the daemon gives each camera its slot of runtime.line.slots.CameraSlots (a
         SlotQueue), a Camera used on its own puts into a FrameQueue of two frames.
+        clock / wait: the fps_limit pacing's time source and pause (time.monotonic and the stop event's wait),
+        replaceable so a test can drive the pacing with a fake clock instead of sleeping.
         prepare: the frame's preprocessing, done here so it overlaps the models running on the inspection
         loop; its result (or the exception) rides on Frame.prepared."""
         self.cfg = cfg
@@ -162,6 +166,8 @@ class Camera:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._last_bad_event = 0.0
+        self._clock = clock
+        self._wait = wait if wait is not None else self._stop.wait
 
     @property
     def dropped(self) -> int:
@@ -257,15 +263,15 @@ class Camera:
                 self._bad(why)
                 continue
             if interval:
-                now = time.monotonic()
+                now = self._clock()
                 if now < next_due:
                     if self.cfg.kind in LIVE_KINDS:  # keep draining the driver's buffer, pass only fresh frames
                         continue
-                    self._stop.wait(next_due - now)
-                next_due = max(next_due + interval, time.monotonic())
+                    self._wait(next_due - now)
+                next_due = max(next_due + interval, self._clock())
             self.frame_id += 1
             t = truth if truth is None or isinstance(truth, Truth) else _as_truth(truth)
-            f = Frame(self.frame_id, frame, self.name, time.time(), time.monotonic(), t)
+            f = Frame(self.frame_id, frame, self.name, time.time(), self._clock(), t)
             if self.prepare is not None:
                 try:
                     f.prepared = self.prepare(frame)

@@ -183,9 +183,16 @@ def request(
         apply_socket_limits(sock, max_reply_bytes)
         if curve:
             apply_curve_client(sock, curve)
+        # A DEALER whose only peer dropped it (a CURVE server refusing the handshake) has no pipe, and a send
+        # then blocks forever: the timeout bounds the send too, and nothing unsent holds up the close.
+        sock.setsockopt(zmq.SNDTIMEO, max(int(timeout_s * 1000), 1))
+        sock.setsockopt(zmq.LINGER, 0)
         sock.connect(endpoint)
         body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-        sock.send_multipart([b"", body])
+        try:
+            sock.send_multipart([b"", body])
+        except zmq.Again:
+            raise TimeoutError(f"no reply from {endpoint} within {timeout_s} s (the request could not be sent)") from None
         if not sock.poll(int(timeout_s * 1000)):
             raise TimeoutError(f"no reply from {endpoint} within {timeout_s} s")
         frames = sock.recv_multipart()

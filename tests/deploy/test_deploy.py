@@ -390,18 +390,21 @@ def test_health_unhealthy_answers(reply, why):
 
 def test_health_silent_daemon_times_out_quickly():
     with fake_daemon(lambda body: None) as (endpoint, seen):
-        t0 = time.monotonic()
-        healthy, msg = health.check(endpoint, timeout=0.3)
-        elapsed = time.monotonic() - t0
-    assert not healthy and "no answer" in msg and seen
-    assert elapsed < 3  # bounded by the timeout, not by the socket
+        out: list = []
+        t = threading.Thread(target=lambda: out.append(health.check(endpoint, timeout=0.3)), daemon=True)
+        t.start()
+        t.join(60)  # a liveness bound (it returns at all), not a speed claim: benchmarks/bench_claims.py times it
+        assert not t.is_alive(), "health.check hung past its timeout"
+    healthy, msg = out[0]
+    assert not healthy and msg == f"no answer from {endpoint} within 0.3 s" and seen
 
 
 def test_health_no_daemon_and_bad_endpoint():
-    with socket.socket() as s:  # a port that nobody listens on
-        s.bind(("127.0.0.1", 0))
+    with socket.socket() as s:  # a port that nobody listens on: held bound (never listening) for the whole check,
+        s.bind(("127.0.0.1", 0))  # so no other process can take it meanwhile (was: bound, closed, assumed free)
         port = s.getsockname()[1]
-    assert health.check(f"tcp://127.0.0.1:{port}", timeout=0.3) == (False, f"no answer from tcp://127.0.0.1:{port} within 0.3 s")
+        got = health.check(f"tcp://127.0.0.1:{port}", timeout=0.3)
+    assert got == (False, f"no answer from tcp://127.0.0.1:{port} within 0.3 s")
     healthy, msg = health.check("not-an-endpoint", timeout=0.3)
     assert not healthy and "cannot query" in msg
 

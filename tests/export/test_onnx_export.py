@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from export.bundle_writer import export_bundle, write_manifest
+from export.bundle_writer import write_manifest
 from export.modeling.decoder import decoder_map
 from export.modeling.fewshot import bank_from_shots
 from export.modeling.fewshot import bank_map as torch_bank_map
@@ -40,11 +40,10 @@ def mods(ckpt):
 
 
 @pytest.fixture(scope="module")
-def bundle_dir(ckpt, tmp_path_factory):
-    out = tmp_path_factory.mktemp("models") / "tiny"
-    # with the LLM (F32: no quantiser needed) so the manifest is the complete one
-    export_bundle(ckpt, out, products={"cookie": "This is a photo of a cookie."}, quant="F32", progress=lambda *_: None)
-    return out
+def bundle_dir(tiny_bundle):
+    """The session's tiny bundle (tests/conftest.py): these same checkpoints, with the LLM (F32), so the
+    manifest is the complete one. Exported once per run, not once more here; the tests only read it."""
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +106,7 @@ def test_text_encoder_matches_torch(engines, mods):
     assert _diff(engines.text_features(tok), ref) <= TOL
 
 
+@pytest.mark.slow
 def test_fp16_graphs_keep_the_peak_cell(mods, tmp_path):
     from export.onnx_export import export_encoder, export_prompt
     from runtime.pipeline.engines import open_engine

@@ -63,12 +63,16 @@ def test_frame_queue_keeps_newest_and_counts_drops():
     assert q.dropped == 3 and [q.get(0).frame_id, q.get(0).frame_id] == [4, 5]
     assert q.get(0.01) is None
     woke = []
-    t = threading.Thread(target=lambda: woke.append(q.get(5.0)))
+    t = threading.Thread(target=lambda: woke.append(q.get(60.0)))
     t.start()
-    time.sleep(0.05)
-    q.wake()
-    t.join(2)
-    assert woke == [None] and not t.is_alive()
+    # a wake() before get() starts waiting is not one for it: wake until the waiting get() returns (was: a
+    # 50 ms sleep, then one wake that a slow thread start could miss, waiting the whole timeout)
+    deadline = time.monotonic() + 10
+    while t.is_alive():
+        assert time.monotonic() < deadline, "wake() never ended the waiting get()"
+        q.wake()
+        t.join(0.01)
+    assert woke == [None]
 
 
 def test_frame_queue_wait_mode_blocks_producer_without_drops():
@@ -131,8 +135,11 @@ def test_bad_frames_are_counted_converted_and_reported():
 
 
 def test_source_that_raises_in_open_forever_never_crashes():
+    opens = threading.Semaphore(0)
+
     class Broken:
         def open(self):
+            opens.release()
             raise RuntimeError("driver exploded")
 
         def read(self):  # pragma: no cover
@@ -144,9 +151,10 @@ def test_source_that_raises_in_open_forever_never_crashes():
     events = []
     cam = Camera(_cfg(), Broken(), on_event=lambda k, d: events.append(k))
     cam.start()
-    time.sleep(0.2)
+    for _ in range(3):  # three failed opens, with backoff between them (was: a 0.2 s sleep)
+        assert opens.acquire(timeout=10)
     cam.stop()
-    assert cam.state == "stopped" and events == ["camera_lost"] and cam.frame_id == 0
+    assert cam.state == "stopped" and events == ["camera_lost"] and cam.frame_id == 0  # lost once, not per retry
 
 
 def test_drop_oldest_counts_every_lost_frame():
@@ -208,3 +216,70 @@ def test_video_file_source(tmp_path):
     looped.start()
     assert len(_drain(looped, 12)) == 12
     looped.stop()
+
+
+class FakeClock:
+    """time for the fps_limit pacing: advances only when a frame is read or the camera waits."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.waits: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wait(self, dt: float) -> bool:
+        self.waits.append(dt)
+        self.now += dt
+        return False
+
+
+class _Recorder:
+    """A camera queue that keeps every frame it is given."""
+
+    def __init__(self):
+        self.frames: list[Frame] = []
+        self.closed = threading.Event()
+
+    def put(self, frame, stop=None) -> bool:
+        self.frames.append(frame)
+        return True
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+class _TimedSource(CountingSource):
+    """A camera delivering a frame every `period` seconds of the fake clock."""
+
+    def __init__(self, clock: FakeClock, period: float, n: int):
+        super().__init__(n=n)
+        self.clock, self.step = clock, period
+
+    def read(self):
+        ok, img, truth = super().read()
+        if ok:
+            self.clock.now += self.step
+        return ok, img, truth
+
+
+@pytest.mark.parametrize("kind", ["device", "synthetic"])
+def test_fps_limit_paces_frames_on_a_fake_clock(kind):
+    """fps_limit 16 on a 64 frames/s camera (binary fractions: exact on the fake clock). A live camera keeps
+    reading and passes every fourth frame; a finite source (never dropping frames) waits instead."""
+    clock, q = FakeClock(), _Recorder()
+    when_full = "drop_oldest" if kind == "device" else "wait"
+    cfg = _cfg(kind=kind, source="0" if kind == "device" else "test", fps_limit=16, when_full=when_full)
+    period = 1 / 64 if kind == "device" else 0.0
+    cam = Camera(cfg, _TimedSource(clock, period, 640), queue=q, clock=clock, wait=clock.wait)
+    cam.start()
+    assert q.closed.wait(10)  # the source's end
+    cam.stop()
+    times = [f.capture_mono for f in q.frames]
+    gaps = np.diff(times)
+    if kind == "device":  # 10 s of frames at 64/s: 160 passed at 16/s (the first at once), none waited for
+        assert clock.waits == [] and len(q.frames) in (160, 161), len(q.frames)
+        assert (gaps[1:] >= 1 / 16).all() and clock.now == 10.0
+    else:  # every frame kept, each one 1/16 s after the previous
+        assert len(q.frames) == 640 and (gaps == 1 / 16).all() and sum(clock.waits) == pytest.approx(639 / 16)
+    assert [f.frame_id for f in q.frames] == list(range(1, len(q.frames) + 1))

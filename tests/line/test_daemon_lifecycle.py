@@ -16,9 +16,10 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared fakes
 
-from _daemon_fakes import CountingSource, FakeInspector, daemon_config, make_bundle, run_to_end
+from _daemon_fakes import TOPICS, CountingSource, FakeInspector, collect, connected, daemon_config, make_bundle, run_to_end
 
 from runtime.line.daemon import Daemon
+from runtime.tools.subscribe import ResultSubscriber
 
 
 @pytest.fixture
@@ -88,10 +89,26 @@ def test_a_result_the_header_refuses_fails_that_frame_only(bundle):
     assert final.drops.failed == 1 and final.errors == 1 and final.frames_judged == 11
 
 
-def _datagrams(sock: socket.socket, seconds: float) -> list[bytes]:
-    sock.settimeout(0.05)
-    got, end = [], time.monotonic() + seconds
-    while time.monotonic() < end:
+def _drain(sock: socket.socket) -> list[bytes]:
+    """Every datagram already in the socket's buffer (none is waited for)."""
+    sock.setblocking(False)
+    got = []
+    try:
+        while True:
+            got.append(sock.recv(4096))
+    except BlockingIOError:
+        return got
+    finally:
+        sock.setblocking(True)
+
+
+def _until(sock: socket.socket, want: bytes, n: int = 1, timeout: float = 10.0) -> list[bytes]:
+    """Datagrams until `want` was seen n times (a liveness deadline, not a rate)."""
+    got, deadline = [], time.monotonic() + timeout
+    while got.count(want) < n:
+        left = deadline - time.monotonic()
+        assert left > 0, f"{want!r} seen {got.count(want)} of {n} times: {got[-5:]}"
+        sock.settimeout(min(left, 0.5))
         try:
             got.append(sock.recv(4096))
         except TimeoutError:
@@ -100,6 +117,8 @@ def _datagrams(sock: socket.socket, seconds: float) -> list[bytes]:
 
 
 def test_watchdog_is_fed_while_frames_flow_and_starved_while_the_loop_is_stuck(bundle, notify_socket):
+    """systemd's side, with a real NOTIFY_SOCKET datagram socket: READY once started, WATCHDOG while frames
+    flow, none while a frame is stuck (the heartbeat thread still runs: the statuses prove it), STOPPING."""
     stuck, entered = threading.Event(), threading.Event()
 
     class Sticky(FakeInspector):
@@ -113,17 +132,22 @@ def test_watchdog_is_fed_while_frames_flow_and_starved_while_the_loop_is_stuck(b
     d = Daemon(daemon_config(bundle, heartbeat_s=0.1), inspector=Sticky(), source=CountingSource(period=0.005))
     d.start()
     try:
-        flowing = _datagrams(notify_socket, 1.0)
-        assert flowing[0] == b"READY=1"
-        assert flowing.count(b"WATCHDOG=1") >= 5  # 10 beats a second, each after loop progress
-        stuck.set()
-        assert entered.wait(5)
-        _datagrams(notify_socket, 0.3)  # a beat already due when the frame got stuck
-        starved = _datagrams(notify_socket, 1.0)
-        assert b"WATCHDOG=1" not in starved  # 10 heartbeats passed, none fed the watchdog
-        stuck.clear()
-        assert b"WATCHDOG=1" in _datagrams(notify_socket, 1.0)
+        flowing = _until(notify_socket, b"WATCHDOG=1", 5)
+        assert flowing[0] == b"READY=1" and flowing.count(b"READY=1") == 1
+        with ResultSubscriber(d.publish_endpoint, TOPICS) as sub:
+            connected(sub)
+            stuck.set()
+            assert entered.wait(5)
+            # a heartbeat sends its WATCHDOG datagram before it publishes its status: two statuses after the
+            # frame got stuck, every beat that could still see progress has been and gone
+            collect(sub, lambda b: len(b["statuses"]) >= 2)
+            _drain(notify_socket)
+            beats = collect(sub, lambda b: len(b["statuses"]) >= 5)  # five heartbeats while stuck (was: a 1 s window)
+            assert all(not st.final for st in beats["statuses"])
+            assert b"WATCHDOG=1" not in _drain(notify_socket)  # none of them fed the watchdog
+            stuck.clear()
+            _until(notify_socket, b"WATCHDOG=1")  # progress again: fed again
     finally:
         stuck.clear()
         d.shutdown()
-    assert b"STOPPING=1" in _datagrams(notify_socket, 0.3)
+    assert b"STOPPING=1" in _drain(notify_socket)  # sent by shutdown() itself, before it returned

@@ -57,7 +57,8 @@ def test_bench_report(tiny_bundle, image_dir, capsys):
     assert min(cams[2]["per_camera_frames"]) >= 1 and isinstance(cams[2]["starved"], bool)
     assert set(r["camera_scaling"]) == {"1", "2"} and "reference" not in r
     assert all(c["cpu_ms_per_frame"] > 0 and c["cores_busy"] > 0 for c in r["cameras"])
-    assert r["camera_ceiling"]["fps"] >= 0.95 * max(c["fps_total"] for c in r["cameras"])  # no run beats cores / CPU per frame
+    # the ceiling is a figure (cores / cheapest CPU per frame), compared with the runs in benchmarks/bench_claims.py
+    assert set(r["camera_ceiling"]) == {"fps", "vs_1_cam"} and r["camera_ceiling"]["fps"] > 0
 
 
 def test_bench_with_reference(tiny_bundle, tiny_ckpt, image_dir, capsys):
@@ -79,18 +80,24 @@ def test_bench_with_reference(tiny_bundle, tiny_ckpt, image_dir, capsys):
         str(tiny_ckpt),
     )
     ref = r["reference"]
-    assert {"preprocess", "encoder", "per_call", "map", "prompt", "llm", "llm_prefill", "total", "total_cached"} <= set(
-        ref["stages"]
-    )
-    assert ref["stages"]["total_cached"]["median_ms"] < ref["stages"]["total"]["median_ms"] and ref["peak_rss_mb"] > 0
-    assert (
-        r["ratios"]["reference answer as released / ours first_token"]
-        > r["ratios"]["reference, product work cached / ours first_token"]
-        > 0
-    )
+    st = ref["stages"]
+    assert {"preprocess", "encoder", "per_call", "map", "prompt", "llm", "llm_prefill", "total", "total_cached"} <= set(st)
+    assert all(s["n"] == 2 for s in st.values()) and ref["peak_rss_mb"] > 0
+    # Two frames: each median is the mean of two, so medians add up like the per-frame values do. The laps
+    # cover the whole timed path (nothing missed or counted twice), and "cached" is the total without the
+    # per-call product work, not some other figure.
+    med = {k: v["median_ms"] for k, v in st.items()}
+    laps = sum(med[k] for k in ("preprocess", "encoder", "per_call", "map", "prompt", "llm"))
+    assert med["total"] == pytest.approx(laps, rel=1e-3, abs=0.05)
+    assert med["total_cached"] == pytest.approx(med["total"] - med["per_call"], rel=1e-9, abs=1e-6)
+    ours = r["ours"]["first_token"]["stages"]["total"]["median_ms"]
+    assert r["ratios"]["reference answer as released / ours first_token"] == pytest.approx(med["total"] / ours)
+    assert r["ratios"]["reference, product work cached / ours first_token"] == pytest.approx(med["total_cached"] / ours)
     a = r["agreement"]
     assert a["frames"] == 2 and a["first_token_verdicts_equal"] == "2/2" and a["answers_equal"] == "2/2"
-    assert a["first_token_p_max_abs_diff"] < 1e-2  # F32 GGUF, F16 KV cache: ~1e-4
+    print(f"F16 KV P(anomaly) vs the torch reference: {a['first_token_p_max_abs_diff']:.3g}")
+    # F32 GGUF, F16 KV cache: measured 8.8e-5 on these two frames (2.9e-4 at most over the 46 cookie frames, test_llm)
+    assert a["first_token_p_max_abs_diff"] <= 5e-4
     assert r["warnings"] == []  # the bundle was exported from these checkpoints
 
 
@@ -120,9 +127,13 @@ def test_bench_reference_with_shots(tiny_bundle, tiny_ckpt, image_dir, capsys):
         *shots,
     )
     assert r["bank"] is True
-    assert r["agreement"]["first_token_verdicts_equal"] == "2/2" and r["agreement"]["first_token_p_max_abs_diff"] < 1e-2
-    st = r["reference"]["stages"]
-    assert st["per_call"]["median_ms"] > st["encoder"]["median_ms"]  # at least the shots' and the query's second encoding
+    print(f"with shots, F16 KV P(anomaly) vs the torch reference: {r['agreement']['first_token_p_max_abs_diff']:.3g}")
+    assert (
+        r["agreement"]["first_token_verdicts_equal"] == "2/2" and r["agreement"]["first_token_p_max_abs_diff"] <= 5e-4
+    )  # measured 8.2e-5
+    # that the per-call work (the shots' and the query's second encoding) costs more than one encoding is a
+    # timing claim: benchmarks/bench_claims.py prints it
+    assert {"per_call", "encoder"} <= set(r["reference"]["stages"])
 
 
 def test_bench_table_and_no_torch(tiny_bundle, image_dir):

@@ -20,6 +20,7 @@ def _config(tmp_path: Path, name: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["demo.yaml", "demo-tiny.yaml"])
 def test_demo_runs_from_nothing(tmp_path, name):
     n = 12

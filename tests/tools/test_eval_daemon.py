@@ -3,11 +3,14 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
 from eval_through_daemon import compare
 
 
+@pytest.mark.slow
 def test_daemon_gives_eval_numbers(cookie, lite_bundle):
     r = compare(lite_bundle, cookie.parent, "cookie", shots=4, max_images=16)
     assert r["received"] == r["frames"] == 16

@@ -177,8 +177,20 @@ def test_small_cookie_eval_runs_and_writes_reports(cookie_eval, capsys):
     assert rc == 0
     r = json.loads(capsys.readouterr().out)
     assert r["n_test"] == 6 and r["n_good"] == 3 and r["judge"] == ["calibrated-score"]
+    # every per-draw figure follows from that draw's own per-frame rows, and the summary from the draws
+    for d in r["draw_results"]:
+        fr = d["frames"]
+        truth = [f["defect"] != "good" for f in fr]
+        assert d["image_auroc"] == pytest.approx(_pairwise(np.array([f["score"] for f in fr]), np.array(truth)))
+        assert all(f["verdict"] == (f["score"] > d["calibration"]["threshold"]) for f in fr)
+        assert d["accuracy"] == pytest.approx(np.mean([f["verdict"] == t for f, t in zip(fr, truth)]))
     for key in ("image_auroc", "pixel_auroc", "accuracy"):
-        assert 0.0 <= r[key]["mean"] <= 1.0 and r[key]["std"] >= 0.0
+        per_draw = [d[key] for d in r["draw_results"]]
+        assert r[key]["mean"] == pytest.approx(np.mean(per_draw)) and r[key]["std"] == pytest.approx(np.std(per_draw))
+    # measured (lite bundle, 4 shots, 2 draws, these 6 frames): image AUROC 1.0 in both draws, pixel AUROC
+    # 0.967 +- 0.005, accuracy 0.833 (one good frame over the threshold)
+    assert r["image_auroc"]["mean"] == 1.0 and r["pixel_auroc"]["mean"] == pytest.approx(0.967, abs=0.01)
+    assert r["accuracy"]["mean"] == pytest.approx(5 / 6)
     assert set(r["per_type"]) == {"cracked", "good"}
     assert len(r["draw_results"]) == 2 and all(len(d["shots"]) == 4 for d in r["draw_results"])
     assert all(isinstance(d["calibration"]["threshold"], float) for d in r["draw_results"])
