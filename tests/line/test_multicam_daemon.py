@@ -483,7 +483,9 @@ def test_two_cameras_on_the_tiny_bundle(tiny_bundle, tmp_path):
     d = Daemon(load_config(cfg_file))
     d.start()
     try:
-        assert d.inspector.max_batch == 2 and d.inspector.llm.n_seq_max == 2 and d.inspector.llm.n_ctx == 1024
+        assert (
+            d.inspector.max_batch == 2 and d.inspector.llm.n_seq_max == 2 and d.inspector.llm.n_ctx == 512
+        )  # backend.llm_ctx null: first_token mode sizes 512 per sequence
         with ResultSubscriber(d.publish_endpoint, ["line1.station1."]) as sub:
             collect(sub, lambda b: b["statuses"], timeout=10)
             assert request(d.control_endpoint, {"cmd": "resume"})["ok"]  # subscribed: no result can be missed now

@@ -147,18 +147,22 @@ def test_the_page_shows_the_line_and_switches_products(bundle, tmp_path):
                 # the last rejects: a thumbnail opens full size with its overlay
                 assert vh.poll(lambda: drv.execute_script("return document.querySelectorAll('#rejects .thumb').length") >= 1, 60)
 
-                def click_a_reject():  # thumbnails are re-made as rejects come (and get their picture): retry a stale one
+                def painted():
+                    return drv.execute_script("return document.querySelector('#modal').dataset.painted")
+
+                def click_a_reject():
+                    # thumbnails are re-made as rejects come (and get their picture), and a reject that leaves the strip
+                    # before the click opens nothing: retry until a clicked reject is the one the modal painted
                     try:
                         thumb = drv.find_element("css selector", "#rejects .thumb")
                         rid = thumb.get_attribute("data-id")
                         thumb.click()
-                        return rid
                     except StaleElementReferenceException:
                         return None
+                    return rid if vh.poll(lambda: painted() == rid, 3) else None
 
-                rid = vh.poll(click_a_reject, 30)
-                assert rid
-                assert vh.poll(lambda: drv.execute_script("return document.querySelector('#modal').dataset.painted") == rid)
+                rid = vh.poll(click_a_reject, 60)
+                assert rid and painted() == rid
                 assert drv.find_element("css selector", "#modal").is_displayed()
                 _, modal_alpha = _overlay(drv, "#modal-overlay")
                 assert (modal_alpha > 0).any()
