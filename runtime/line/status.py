@@ -8,7 +8,7 @@ from typing import Any
 
 from runtime.line import watchdog
 from runtime.line.lanes import Lane
-from runtime.line.messages import CameraStatus, Drops, Status
+from runtime.line.messages import CameraStatus, Drops, SinkStats, Status
 
 
 def drops(station: Any, lane: Lane | None = None) -> Drops:
@@ -42,6 +42,17 @@ def camera_status(station: Any, lane: Lane) -> CameraStatus:
     )
 
 
+def sink_stats(station: Any) -> dict[str, SinkStats]:
+    """Every sink's counters, and the view's preview beside them: what it could not send is counted in the status
+    like any sink's drops (it has no link of its own: nobody watching is not an outage)."""
+    out = station.sinks.stats()
+    preview = getattr(station, "preview", None)
+    if preview is not None:
+        p = preview.stats()
+        out["preview"] = SinkStats(delivered=p["sent"], dropped=p["dropped"])
+    return out
+
+
 def status(station: Any, final: bool = False) -> Status:
     s = station
     cams = [camera_status(s, l) for l in s.lanes]
@@ -65,7 +76,7 @@ def status(station: Any, final: bool = False) -> Status:
         errors=s.errors,
         final=final,
         cameras=cams,
-        sinks=s.sinks.stats(),
+        sinks=sink_stats(s),
         golden=first.golden,
     )
 

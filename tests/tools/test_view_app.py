@@ -216,6 +216,8 @@ def test_websocket_pushes_results_frames_and_rejects_and_previews_follow_the_bro
         assert poll(lambda: not d.preview.active, 10), "previews still made after the last browser left"
     st = d.status()
     assert st.drops.publish == 0
+    pv = st.sinks["preview"]  # the preview's counters travel in the status like a sink's
+    assert pv.connected is None and pv.delivered >= len(got["frame"]) and pv.dropped == d.preview.stats()["dropped"]
 
 
 def test_settings_from_a_config_file_and_from_endpoints(tmp_path):
