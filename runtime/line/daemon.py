@@ -51,7 +51,7 @@ from runtime.line.status import Heartbeat
 from runtime.pipeline.products import ProductPack
 from runtime.pipeline.store import ProductStore
 from runtime.sinks.base import SinkEvent
-from runtime.sinks.build import build_sinks
+from runtime.sinks.build import build_sinks, require_extras
 from runtime.sinks.fanout import Fanout
 
 log = logging.getLogger("agpt.daemon")
@@ -173,6 +173,7 @@ class Daemon:
 
     def start(self) -> None:
         cfg = self.cfg
+        require_extras(cfg)  # one line now, not after the models have loaded
         if cfg.backend.blas_threads is not None:
             from runtime.pipeline.blas import set_blas_threads
 

@@ -26,6 +26,14 @@ def require_extra(key: str) -> None:
         raise AgptError(f"{key}: is configured but {module} is not installed (pip install 'anomalygpt-edge[{extra}]')") from None
 
 
+def require_extras(cfg: Any) -> None:
+    """Every configured sink's extra, checked before the daemon opens its models (a 7B bundle takes tens of
+    seconds to load: a missing extra must not wait for that to be reported)."""
+    for key in EXTRAS:
+        if getattr(cfg, key, None) is not None:
+            require_extra(key)
+
+
 def build_sinks(cfg: Any, daemon: Any) -> list[Sink]:
     """cfg: the DaemonConfig; daemon: the running Daemon (sinks that take commands call daemon.handle; sinks that
     report the status call daemon.status). daemon may be None (a sink built alone): no status then."""

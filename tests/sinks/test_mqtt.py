@@ -186,6 +186,18 @@ def test_client_id_topics_and_the_missing_extra(bundle, monkeypatch):
         build.build_sinks(daemon_config(bundle, mqtt=MqttConfig()), None)
 
 
+def test_a_missing_extra_refuses_the_start_before_the_models_load(bundle, monkeypatch):
+    from runtime.line.daemon import Daemon
+
+    monkeypatch.setitem(sys.modules, "paho.mqtt.client", None)
+    d = Daemon(daemon_config(bundle, mqtt=MqttConfig()))  # no inspector given: start() would open the bundle's models
+    opened = []
+    monkeypatch.setattr(d, "open_inspector", lambda: opened.append(1))
+    with pytest.raises(AgptError, match=r"mqtt: is configured but paho.mqtt.client is not installed"):
+        d.start()
+    assert opened == []  # refused before the (slow) model load, not after it
+
+
 def test_yaml_config_names_the_bad_mqtt_field(tmp_path, bundle):
     from runtime.line.config import load_config
 
