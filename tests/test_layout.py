@@ -22,6 +22,7 @@ RULES = [
     ("runtime.line", ("export", "runtime.tools", "torch", "transformers")),
     ("runtime.sinks", ("export", "runtime.tools", "torch", "transformers")),
     ("runtime.names", ("runtime", "export")),
+    ("runtime.strict", ("runtime", "export")),
     ("runtime.errors", ("runtime", "export")),
 ]
 TOOLS_LAZY_ONLY = ("export", "torch", "transformers")

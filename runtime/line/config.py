@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from runtime.errors import AgptError
 from runtime.names import CAMERA_RE, PRODUCT_RE, TOPIC_RE
@@ -22,17 +22,13 @@ from runtime.sinks.archive.config import ArchiveConfig
 from runtime.sinks.metrics_config import MetricsConfig
 from runtime.sinks.mqtt_config import MqttConfig
 from runtime.sinks.opcua.config import OpcuaConfig
+from runtime.strict import StrictModel
 
 ENDPOINT_RE = re.compile(r"^(tcp|ipc|inproc)://.+$")
 LIVE_KINDS = ("device", "rtsp", "gstreamer")  # cameras that never wait for the inspection loop
 
 
-class _Strict(BaseModel):
-    # A typo in a key ("fps_limt") must be an error naming it, not a silently ignored default.
-    model_config = ConfigDict(extra="forbid")
-
-
-class CameraConfig(_Strict):
+class CameraConfig(StrictModel):
     name: str = Field("cam0", pattern=CAMERA_RE, description="camera name carried by every frame and result")
     kind: Literal["device", "file", "rtsp", "gstreamer", "folder", "synthetic"] = Field(
         description="device: V4L2/USB index; file: a video file; rtsp: an rtsp:// URL; gstreamer: a GStreamer pipeline "
@@ -95,7 +91,7 @@ class CameraConfig(_Strict):
         return self
 
 
-class CurveConfig(_Strict):
+class CurveConfig(StrictModel):
     server_secret_key: Path = Field(
         description="the daemon's certificate file with its secret key (zmq.auth.create_certificates writes NAME.key_secret)"
     )
@@ -105,7 +101,7 @@ class CurveConfig(_Strict):
     results: bool = Field(True, description="encrypt and authenticate the results (PUB) socket too, not only control")
 
 
-class DemoSetup(_Strict):
+class DemoSetup(StrictModel):
     """Only read by `agpt demo`: how to make what a fresh machine lacks. The daemon ignores it."""
 
     bundle_from: Literal["lite", "tiny"] = Field(
@@ -119,7 +115,7 @@ class DemoSetup(_Strict):
     quant: str = Field("Q8_0", description="tiny bundle only: GGUF quantisation")
 
 
-class ViewSetup(_Strict):
+class ViewSetup(StrictModel):
     """Only read by `agpt view` (the operator's web page, a separate process). The daemon ignores it."""
 
     listen: str = Field(
@@ -139,7 +135,7 @@ class ViewSetup(_Strict):
     rejects: int = Field(12, ge=1, le=200, description="last rejects kept (thumbnails on the page)")
 
 
-class DaemonConfig(_Strict):
+class DaemonConfig(StrictModel):
     bundle: Path = Field(description="bundle folder (bundle.json); product packs live in its products/ folder")
     product: str = Field(
         pattern=PRODUCT_RE,

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from runtime.strict import StrictModel
 
 
-class MetricsConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class MetricsConfig(StrictModel):
     port: int = Field(9464, ge=0, le=65535, description="HTTP port of /metrics (0: any free port, for tests)")
     bind: str = Field(
         "127.0.0.1",

@@ -8,17 +8,15 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from runtime.strict import StrictModel
 
 # MQTT topic levels: no wildcards, no empty level, no leading slash (a leading '/' makes an empty first level)
 TOPIC_ROOT_RE = r"^[^#+/\s]+(/[^#+/\s]+)*$"
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class MqttTls(_Strict):
+class MqttTls(StrictModel):
     ca_file: Path | None = Field(None, description="CA bundle that signed the broker's certificate (None: the system's)")
     cert_file: Path | None = Field(None, description="client certificate, for brokers that authenticate clients by certificate")
     key_file: Path | None = Field(None, description="the client certificate's private key")
@@ -31,7 +29,7 @@ class MqttTls(_Strict):
         return self
 
 
-class MqttConfig(_Strict):
+class MqttConfig(StrictModel):
     """The MQTT bridge: results, status and events to <topic_root>/<line>/<station>/result|mask|status|event|state."""
 
     host: str = Field("127.0.0.1", min_length=1, description="broker host name or address")

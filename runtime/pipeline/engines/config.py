@@ -11,17 +11,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from runtime.strict import StrictModel
 
 ENGINES = ("onnxruntime", "tensorrt", "torch")
 AUTO_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class TensorrtEpOptions(_Strict):
+class TensorrtEpOptions(StrictModel):
     """ONNX Runtime's TensorRT execution provider: what a user needs to set (the rest keeps onnxruntime's defaults)."""
 
     fp16: bool = Field(True, description="let TensorRT run layers in fp16 (trt_fp16_enable)")
@@ -36,7 +34,7 @@ class TensorrtEpOptions(_Strict):
     workspace_mb: int = Field(2048, ge=16, description="TensorRT builder workspace (trt_max_workspace_size), MiB")
 
 
-class BackendConfig(_Strict):
+class BackendConfig(StrictModel):
     engine: Literal["onnxruntime", "tensorrt", "torch"] = Field(
         "onnxruntime",
         description="vision engine: onnxruntime (the ONNX graphs, with `providers`), tensorrt (the engines "

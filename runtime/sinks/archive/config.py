@@ -6,14 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from runtime.strict import StrictModel
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class RetentionConfig(_Strict):
+class RetentionConfig(StrictModel):
     max_age_days: float | None = Field(
         None, gt=0, description="rows (and their image files) older than this are deleted, oldest first (None: kept by age)"
     )
@@ -28,7 +26,7 @@ class RetentionConfig(_Strict):
     batch: int = Field(500, ge=1, le=100_000, description="rows (with their files) deleted per step")
 
 
-class ArchiveConfig(_Strict):
+class ArchiveConfig(StrictModel):
     url: str = Field(
         "sqlite:///archive/results.db",
         description="sqlite:///PATH (relative to the config file's folder; WAL mode, one connection) or "

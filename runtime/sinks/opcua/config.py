@@ -13,9 +13,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from runtime.errors import AgptError
+from runtime.strict import StrictModel
 
 OPC_ENDPOINT_RE = re.compile(r"^opc\.tcp://(\[[0-9A-Fa-f:.]+\]|[^/:\[\]]+):(\d{1,5})(/.*)?$")
 SecurityPolicy = Literal[
@@ -29,9 +30,7 @@ SecurityPolicy = Literal[
 ]
 
 
-class OpcuaConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class OpcuaConfig(StrictModel):
     endpoint: str = Field(
         "opc.tcp://127.0.0.1:4840",
         description="opc.tcp://HOST:PORT[/path] the server binds (port 0: a free port, for tests); a non-loopback host "

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from runtime.errors import AgptError
 from runtime.line.config import ENDPOINT_RE, ViewSetup, is_local_endpoint, load_config
 from runtime.names import TOPIC_RE
 from runtime.sinks.archive.config import ArchiveConfig
+from runtime.strict import StrictModel
 
 
-class ViewSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class ViewSettings(StrictModel):
     publish: str = Field(description="the daemon's results endpoint (SUB connects here)")
     control: str | None = Field(description="the daemon's control endpoint (None: the page is read-only)")
     prefix: str = Field(pattern=TOPIC_RE, description="the daemon's topic_prefix")
