@@ -207,7 +207,7 @@ class InspectionLoop:
         s.publisher.publish_result(header, png)
         if s.preview is not None:  # a dict lookup unless a view subscribes; the JPEG is made on the preview thread
             s.preview.offer(frame.camera, frame.frame_id, frame.image, frame.capture_time, bool(header.verdict))
-        s.sinks.result(SinkResult(header, png, frame.image, getattr(j, "map", None), frame.part_id))
+        s.sinks.result(SinkResult(header, png, frame.image, getattr(j, "map", None)))
         if header.truth is not None and header.truth.label is not None:
             s.truth_frames += 1
             s.truth_correct += int(header.verdict == header.truth.label)

@@ -25,14 +25,14 @@ log = logging.getLogger("agpt.sinks")
 
 @dataclass(frozen=True)
 class SinkResult:
-    """One judged frame as every sink sees it. `image` is the camera frame (HxWx3 uint8, RGB, read-only: the
-    same array the daemon keeps for `ask`, never copied per sink); `anomaly_map` the 224x224 float map or None."""
+    """One judged frame as every sink sees it. `image` is the camera frame (HxWx3 uint8, BGR, read-only: the
+    same array the daemon keeps for `ask`, never copied per sink); `anomaly_map` the 224x224 float map or None.
+    The part and lot are the header's (part_id, lot): one place, whatever set them (a trigger or set_part)."""
 
     header: ResultHeader
     mask_png: bytes
     image: np.ndarray | None = None
     anomaly_map: np.ndarray | None = None
-    part_id: str | None = None
 
 
 @dataclass(frozen=True)

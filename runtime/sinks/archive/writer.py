@@ -94,7 +94,7 @@ def result_row(r: SinkResult, image_path: str | None = None, mask_path: str | No
         product=h.product, bank_id=h.bank_id, frame_id=h.frame_id, verdict=h.verdict, p_anomaly=h.p_anomaly,
         score=h.score, locations="|".join(h.locations), judge=h.judge, latency_ms=h.latency_ms.get("total"),
         image_path=image_path, mask_path=mask_path,
-        part_id=getattr(h, "part_id", None) or r.part_id, lot=getattr(h, "lot", None),
+        part_id=h.part_id, lot=h.lot,
     )  # fmt: skip
 
 
