@@ -204,10 +204,11 @@ def daemon_config(bundle: Path, **kw) -> DaemonConfig:
 
 
 def collect(sub, until, timeout: float = 10.0) -> dict:
-    """Messages from a ResultSubscriber until `until(bag)` is true or `timeout` passes (then AssertionError)."""
+    """Messages from a ResultSubscriber until `until(bag)` is true or `timeout` passes (then AssertionError).
+    results: ResultMessages; events / statuses: the models; status_msgs / event_msgs: the messages with their topics."""
     from runtime.tools.subscribe import EventMessage, ResultMessage, StatusMessage
 
-    bag: dict = {"results": [], "events": [], "statuses": []}
+    bag: dict = {"results": [], "events": [], "statuses": [], "event_msgs": [], "status_msgs": []}
     deadline = time.monotonic() + timeout
     while not until(bag):
         left = deadline - time.monotonic()
@@ -217,8 +218,10 @@ def collect(sub, until, timeout: float = 10.0) -> dict:
             bag["results"].append(m)
         elif isinstance(m, EventMessage):
             bag["events"].append(m.event)
+            bag["event_msgs"].append(m)
         elif isinstance(m, StatusMessage):
             bag["statuses"].append(m.status)
+            bag["status_msgs"].append(m)
     return bag
 
 
