@@ -15,7 +15,7 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("selenium")
 
 import _view_helpers as vh
-from selenium.common.exceptions import StaleElementReferenceException
+from selenium.common.exceptions import ElementClickInterceptedException, StaleElementReferenceException
 
 pytestmark = pytest.mark.slow
 
@@ -153,11 +153,16 @@ def test_the_page_shows_the_line_and_switches_products(bundle, tmp_path):
                 def click_a_reject():
                     # thumbnails are re-made as rejects come (and get their picture), and a reject that leaves the strip
                     # before the click opens nothing: retry until a clicked reject is the one the modal painted
+                    shown = drv.execute_script(
+                        "const m = document.querySelector('#modal'); return m.hidden ? null : m.dataset.id"
+                    )
+                    if shown:  # a click already opened it: wait for its paint (a slow paint is no reason to click again)
+                        return shown if painted() == shown else None
                     try:
                         thumb = drv.find_element("css selector", "#rejects .thumb")
                         rid = thumb.get_attribute("data-id")
                         thumb.click()
-                    except StaleElementReferenceException:
+                    except (StaleElementReferenceException, ElementClickInterceptedException):
                         return None
                     return rid if vh.poll(lambda: painted() == rid, 3) else None
 
